@@ -1,0 +1,62 @@
+# advguard: `make serve` and `make test` each work as the first command on a fresh clone.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DATA_DIR  ?= /usr/share/datasets/fashion-mnist
+HOST      ?= 127.0.0.1
+PORT      ?= 50051
+METRICS_PORT ?= 9100
+BUNDLE    ?= model_store/fmnist-cnn
+BUNDLE_EPOCHS ?= 4
+PROTOS    := $(wildcard protos/advguard/v1/*.proto protos/inference/*.proto)
+PROTO_STAMP := protos/.generated
+
+.PHONY: setup data protos test serve bundle clean lint
+
+setup: $(STAMP) $(PROTO_STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+protos: $(PROTO_STAMP)
+$(PROTO_STAMP): $(STAMP) $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch $@
+
+# Debian's dataset-fashion-mnist puts the IDX files under /usr/share/datasets/fashion-mnist.
+data:
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST present at $(DATA_DIR)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	else \
+	  echo "Fashion-MNIST missing at $(DATA_DIR). Run: sudo apt-get install dataset-fashion-mnist" >&2; exit 1; \
+	fi
+
+# Prometheus (Debian's package) is used by the integration tests.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q prometheus || (apt-get update -q && apt-get install -y -q prometheus)) ) || \
+	  echo "prometheus missing: sudo apt-get install prometheus" >&2
+
+bundle: setup
+	@if [ -f $(BUNDLE)/latest/manifest.json ] || ls $(BUNDLE)/*/manifest.json >/dev/null 2>&1; then \
+	  echo "bundle present under $(BUNDLE)"; \
+	else \
+	  $(BIN)/advguard train --model fmnist-cnn --dataset fashion-mnist --epochs $(BUNDLE_EPOCHS) --out runs/fmnist-cnn-default && \
+	  $(BIN)/advguard export --run runs/fmnist-cnn-default --name fmnist-cnn --store model_store; \
+	fi
+
+serve: bundle
+	$(BIN)/advguard serve --store model_store --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+test: setup prometheus
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf runs .pytest_cache $(PROTO_STAMP)

@@ -1,0 +1,96 @@
+"""Turning wire inputs (encoded images, raw tensors) into model inputs, with precise errors.
+
+Resize policy: an image whose size differs from the bundle's input is resized (bilinear) to
+it, as long as each side is at most `Limits.max_side`; channels are converted (RGB -> L by
+luminance, L -> RGB by repetition). Raw tensors are never resized: their shape must match.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from serving.bundle import InputSpec
+
+FORMATS = ("PNG", "JPEG")
+
+
+class InputError(ValueError):
+    """The request's input is unusable; the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input caps. max_encoded_bytes: encoded file size; max_pixels: width x height before
+    decoding (decompression bombs); max_side: largest side that will be resized."""
+
+    max_encoded_bytes: int = 4 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    max_side: int = 4096
+    allow_resize: bool = True
+
+
+def decode_image(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> np.ndarray:
+    """PNG/JPEG bytes -> C x H x W float32 in [0, 1] matching `spec`."""
+    if not data:
+        raise InputError("image bytes are empty")
+    if len(data) > limits.max_encoded_bytes:
+        raise InputError(f"encoded image is {len(data)} bytes; the limit is {limits.max_encoded_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"image bytes are not a PNG or JPEG file ({len(data)} bytes could not be decoded)") from err
+    if image.format not in FORMATS:
+        raise InputError(f"image format {image.format} is not supported; send PNG or JPEG")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InputError(f"image is {width}x{height} = {width * height} pixels; the limit is "
+                         f"{limits.max_pixels} (decompression bomb guard)")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        raise InputError(f"image data is truncated or corrupt: {err}") from err
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    if (width, height) != (spec.width, spec.height):
+        if not limits.allow_resize or max(width, height) > limits.max_side:
+            raise InputError(f"image is {width}x{height}; the model takes {spec.width}x{spec.height}")
+        image = image.resize((spec.width, spec.height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array)
+
+
+_DTYPES = {"uint8": np.uint8, "float32": np.dtype("<f4")}
+
+
+def tensor_to_array(shape: tuple[int, ...], dtype: str, data: bytes, spec: InputSpec,
+                    batched: bool = False) -> np.ndarray:
+    """Raw tensor bytes -> float32 in [0, 1]; C x H x W (or N x C x H x W when `batched`)."""
+    if dtype not in _DTYPES:
+        raise InputError(f"tensor dtype {dtype!r} is not supported; use uint8 or float32")
+    expected_rank = 4 if batched else 3
+    if not batched and len(shape) == 4 and shape[0] == 1:  # a batch of one is one image
+        shape = tuple(shape[1:])
+    if len(shape) != expected_rank or any(d <= 0 for d in shape):
+        want = "N x C x H x W" if batched else "C x H x W"
+        raise InputError(f"tensor shape {list(shape)} is not {want} with positive sizes")
+    if tuple(shape[-3:]) != tuple(spec.shape):
+        raise InputError(f"tensor shape {list(shape)} does not match the model's input "
+                         f"{list(spec.shape)} (C x H x W); raw tensors are not resized")
+    itemsize = np.dtype(_DTYPES[dtype]).itemsize
+    expected = int(np.prod(shape)) * itemsize
+    if len(data) != expected:
+        raise InputError(f"tensor data is {len(data)} bytes; shape {list(shape)} of {dtype} needs {expected}")
+    array = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape)
+    if dtype == "uint8":
+        return array.astype(np.float32) / 255.0
+    if not np.isfinite(array).all():
+        raise InputError("tensor holds NaN or Inf values")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise InputError(f"float32 pixels must lie in [0, 1]; got [{array.min():.4g}, {array.max():.4g}]")
+    return array.astype(np.float32, copy=False)

