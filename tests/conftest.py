@@ -1,0 +1,41 @@
+"""Shared fixtures: real Fashion-MNIST subsets and a small model trained on one (once per session)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def fmnist_small():
+    """Fashion-MNIST: 5,000 training, 1,000 validation, 1,000 test images (seed 0)."""
+    from training.data import DataConfig, load_splits
+
+    return load_splits(DataConfig(name="fashion-mnist", val_size=1000, limit_train=5000, limit_test=1000))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fmnist_small) -> Path:
+    """A run folder: fmnist-cnn, standard training, 2 epochs on the 5,000-image subset (~80% test)."""
+    from training.models import create_model
+    from training.train_cli import model_spec_for
+    from training.trainer import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "fmnist-small"
+    spec = model_spec_for("fmnist-cnn", fmnist_small)
+    torch.manual_seed(0)
+    model = create_model(spec)
+    fit(model, spec, fmnist_small, TrainConfig(epochs=2, batch_size=64, lr=3e-3), out,
+        run_config={"data": {"name": "fashion-mnist", "data_dir": None, "seed": 0, "val_size": 1000,
+                             "limit_train": 5000, "limit_test": 1000}, "defense": "standard"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_run):
+    """(model in eval mode, ModelSpec) loaded back from `trained_run`."""
+    from training.checkpoint import load_model
+
+    return load_model(trained_run)
