@@ -129,6 +129,7 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"])
         best_val, stale, elapsed = state["best_val"], state["stale"], state["elapsed"]
         log.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
     for epoch in range(start_epoch, config.epochs):
@@ -137,7 +138,8 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         order = torch.randperm(len(splits.train), generator=gen)
         model.train()
         total, seen = 0.0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                   disable=None)
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = splits.train.x[idx], splits.train.y[idx]
@@ -164,7 +166,7 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "epoch": epoch + 1, "history": history, "best_val": best_val, "stale": stale,
-                    "elapsed": elapsed}, last)
+                    "elapsed": elapsed, "rng": torch.get_rng_state()}, last)
         if config.patience and stale >= config.patience:
             log.info("early stop after %d epochs without improvement", stale)
             break
