@@ -146,11 +146,12 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
 
 
 def version_dirs(store: Path, name: str) -> list[Path]:
-    """Version folders of bundle `name`, oldest first (numeric versions sort numerically)."""
+    """Version folders of bundle `name`, oldest first (numeric versions sort numerically).
+    Hidden folders (`.staging` and the like, where a version is assembled) are not versions."""
     root = Path(store) / name
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and (d / MANIFEST).exists()]
+    dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists()]
     return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
 
 
@@ -158,7 +159,8 @@ def bundle_names(store: Path) -> list[str]:
     store = Path(store)
     if not store.is_dir():
         return []
-    return sorted(d.name for d in store.iterdir() if d.is_dir() and version_dirs(store, d.name))
+    return sorted(d.name for d in store.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and version_dirs(store, d.name))
 
 
 def next_version(store: Path, name: str) -> str:
@@ -167,5 +169,9 @@ def next_version(store: Path, name: str) -> str:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
+    """Write `path/manifest.json` atomically (a temporary file renamed over it), so a server
+    polling the store never reads half a manifest."""
     manifest = {"schema_version": SCHEMA_VERSION, **manifest}
-    (Path(path) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp = Path(path) / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(Path(path) / MANIFEST)

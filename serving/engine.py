@@ -1,4 +1,8 @@
-"""ONNX Runtime sessions for a bundle's models. Pure inference: no grpc, no prometheus."""
+"""ONNX Runtime sessions for a bundle's models. Pure inference: no grpc, no prometheus.
+
+The CUDA provider is used when `onnxruntime-gpu` is installed (the `gpu` extra) and a GPU is
+visible; CPU otherwise.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,10 +15,25 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 
-def available_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
+@dataclass(frozen=True)
+class EngineOptions:
+    """threads: intra-op threads per session (0: ONNX Runtime's default, one per core);
+    spin: let idle worker threads spin (faster on an idle machine, wasteful on a shared one);
+    cpu_only: ignore a GPU even when onnxruntime-gpu could use it."""
+
+    threads: int = 0
+    spin: bool = False
+    cpu_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+def available_providers(cpu_only: bool = False) -> list[str]:
+    """CUDA when onnxruntime-gpu and a GPU are present (and not `cpu_only`), then CPU."""
     providers = ort.get_available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if p in providers]
+    chosen = [] if cpu_only else [p for p in ("CUDAExecutionProvider",) if p in providers]
     return chosen + ["CPUExecutionProvider"]
 
 
@@ -26,7 +45,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OnnxModel:
-    """One ONNX classifier: `logits(x)` for N x C x H x W float32 in [0, 1]."""
+    """One ONNX classifier: `logits(x)` for N x C x H x W float32 in [0, 1].
+
+    Example: `OnnxModel.load("model_store/fmnist-cnn/1/model.onnx").probabilities(x)`"""
 
     path: Path
     session: ort.InferenceSession
@@ -34,15 +55,24 @@ class OnnxModel:
     output_name: str
 
     @classmethod
-    def load(cls, path: Path, threads: int = 0) -> "OnnxModel":
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=available_providers())
+    def load(cls, path: Path | str, options: EngineOptions | None = None) -> "OnnxModel":
+        options = options or EngineOptions()
+        session_options = ort.SessionOptions()
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+        session = ort.InferenceSession(str(path), session_options,
+                                       providers=available_providers(options.cpu_only))
+        log.debug("loaded %s with providers %s", path, session.get_providers())
         return cls(path=Path(path), session=session, input_name=session.get_inputs()[0].name,
                    output_name=session.get_outputs()[0].name)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]

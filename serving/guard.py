@@ -1,16 +1,23 @@
 """The guard core: detectors and the policy, pure functions over arrays (no grpc, no prometheus).
 
 A detector maps (inputs, model outputs) to one score per sample; a threshold, calibrated at
-export on clean held-out data to a target false-positive rate, turns the score into a flag.
-The policy combines the flags into a verdict and an action.
+export on clean held-out data to a target false-positive rate, turns the score into a flag
+(`score > threshold`). The policy combines the flags into a verdict and an action.
+
+Detectors that need the primary model's answer on a transformed input (feature squeezing)
+declare those transforms as `views`; the pipeline runs the input and every view through the
+model in one batch and hands the results over in `Outputs`, so no detector runs a model itself
+unless it owns one (a future MIA ensemble or robust model does).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
+
+View = Callable[[np.ndarray], np.ndarray]
 
 
 class Verdict(IntEnum):
@@ -22,11 +29,24 @@ class Verdict(IntEnum):
     ADVERSARIAL = 3
 
 
-class Detector(Protocol):
-    name: str
+@dataclass(frozen=True)
+class Outputs:
+    """The primary model's probabilities on the input (N x K) and on each named view (N x K)."""
 
-    def score(self, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """One score per sample; higher means more likely adversarial."""
+    probs: np.ndarray
+    views: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    """`score(x, outputs) -> N scores`, higher = more likely adversarial.
+
+    `x` is N x C x H x W float32 in [0, 1]; `views` names the input transforms whose model
+    outputs `score` reads from `outputs.views` (empty when it needs none)."""
+
+    name: str
+    views: Mapping[str, View]
+
+    def score(self, x: np.ndarray, outputs: Outputs) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -48,14 +68,23 @@ class DetectorOutcome:
 @dataclass(frozen=True)
 class GuardResult:
     verdicts: np.ndarray          # Verdict per sample
-    attack_scores: np.ndarray     # max over detectors of score / threshold (>= 1: flagged)
+    attack_scores: np.ndarray     # max over detectors of score / threshold (> 1: flagged)
     outcomes: list[DetectorOutcome] = field(default_factory=list)
+
+    def take(self, index: np.ndarray | slice) -> "GuardResult":
+        return GuardResult(self.verdicts[index], self.attack_scores[index],
+                           [DetectorOutcome(o.name, o.scores[index], o.threshold, o.flagged[index],
+                                            o.target_fpr) for o in self.outcomes])
 
 
 @dataclass(frozen=True)
 class Policy:
     """combine: 'any' (one flag is enough) or 'majority'; action: 'flag', 'reject' or 'fallback'.
-    A sample flagged by some detectors but not enough for ADVERSARIAL is SUSPICIOUS."""
+
+    A sample with enough flags is ADVERSARIAL; one flagged by some detectors but not enough is
+    SUSPICIOUS (only possible under 'majority'); else CLEAN. `flag` answers normally with the
+    verdict; `reject` withholds the class of ADVERSARIAL samples; `fallback` answers them with
+    the bundle's fallback model (as `flag` when the bundle has none)."""
 
     combine: str = "any"
     action: str = "flag"
@@ -67,21 +96,42 @@ class Policy:
             raise ValueError(f"action must be flag, reject or fallback, got {self.action!r}")
 
 
+def required_views(detectors: list[CalibratedDetector]) -> dict[str, View]:
+    """Every view any detector needs, each once (views with the same name are the same)."""
+    views: dict[str, View] = {}
+    for cal in detectors:
+        views.update(cal.detector.views)
+    return views
+
+
 def run_guard(detectors: list[CalibratedDetector], policy: Policy, x: np.ndarray,
-              probs: np.ndarray, probs_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> GuardResult:
+              outputs: Outputs) -> GuardResult:
     """Score a batch with every detector and apply the policy."""
     n = len(x)
     if not detectors:
         return GuardResult(np.full(n, Verdict.CLEAN, dtype=np.int32), np.zeros(n, dtype=np.float32))
     outcomes = []
     for cal in detectors:
-        scores = np.asarray(cal.detector.score(x, probs), dtype=np.float32)
+        scores = np.asarray(cal.detector.score(x, outputs), dtype=np.float32)
         outcomes.append(DetectorOutcome(cal.detector.name, scores, cal.threshold,
                                         scores > cal.threshold, cal.target_fpr))
-    flags = np.stack([o.flagged for o in outcomes], axis=1)
-    votes = flags.sum(axis=1)
+    votes = np.sum([o.flagged for o in outcomes], axis=0)
     needed = 1 if policy.combine == "any" else len(detectors) // 2 + 1
     verdicts = np.where(votes >= needed, Verdict.ADVERSARIAL,
                         np.where(votes > 0, Verdict.SUSPICIOUS, Verdict.CLEAN)).astype(np.int32)
     ratios = np.stack([o.scores / max(o.threshold, 1e-12) for o in outcomes], axis=1)
     return GuardResult(verdicts, ratios.max(axis=1).astype(np.float32), outcomes)
+
+
+def threshold_for_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:
+    """The smallest observed clean score with at most `target_fpr` of the scores above it.
+
+    With `flagged = score > threshold`, the clean false-positive rate on these scores is
+    floor(target_fpr * n) / n (less with ties)."""
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    scores = np.sort(np.asarray(clean_scores).ravel())
+    if scores.size == 0:
+        raise ValueError("no clean scores to calibrate on")
+    allowed = int(np.floor(target_fpr * scores.size))
+    return float(scores[scores.size - allowed - 1])

@@ -1,6 +1,8 @@
 """One servable model: primary ONNX model + guard, over N x C x H x W float32 batches.
 
 Pure core shared by the gRPC server and the TorchServe handler: no grpc, no prometheus.
+The input and every view the detectors need (squeezed copies) go through the primary model
+in one ONNX Runtime call.
 """
 from __future__ import annotations
 
@@ -10,48 +12,115 @@ from pathlib import Path
 import numpy as np
 
 from serving.bundle import Bundle, load_bundle
-from serving.engine import OnnxModel
-from serving.guard import CalibratedDetector, GuardResult, Policy, Verdict, run_guard
+from serving.engine import EngineOptions, OnnxModel
+from serving.guard import (
+    CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
+    required_views, run_guard,
+)
+
+
+def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Outputs:
+    """The model's probabilities on `x` and on each view of `x`, from one batched run."""
+    if not views:
+        return Outputs(model.probabilities(x))
+    batch = np.concatenate([x] + [view(x) for view in views.values()])
+    probs = model.probabilities(batch)
+    n = len(x)
+    return Outputs(probs[:n], {name: probs[n * (i + 1):n * (i + 2)] for i, name in enumerate(views)})
+
+
+def _scatter(result: GuardResult, mask: np.ndarray) -> GuardResult:
+    """Spread a guard result over the samples of a larger batch (others: UNSPECIFIED, 0)."""
+    n = len(mask)
+
+    def full(values: np.ndarray, fill) -> np.ndarray:
+        out = np.full(n, fill, dtype=values.dtype)
+        out[mask] = values
+        return out
+
+    return GuardResult(full(result.verdicts, Verdict.UNSPECIFIED), full(result.attack_scores, 0.0),
+                       [DetectorOutcome(o.name, full(o.scores, 0.0), o.threshold, full(o.flagged, False),
+                                        o.target_fpr) for o in result.outcomes])
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    probs: np.ndarray          # N x classes
+    probs: np.ndarray          # N x classes, from the model that answered
     classes: np.ndarray        # N
-    guard: GuardResult | None  # None when the guard was skipped
-    answered_by: str           # model file that answered
+    guard: GuardResult | None  # None when the guard ran for no sample
+    guarded: np.ndarray        # N bool: the guard ran for this sample
+    answered_by: np.ndarray    # N model file names (primary, or fallback for flagged samples)
+    rejected: np.ndarray       # N bool: class withheld (action 'reject', verdict ADVERSARIAL)
+
+    def take(self, index: slice | np.ndarray) -> "PipelineResult":
+        guard = self.guard.take(index) if self.guard is not None else None
+        guarded = self.guarded[index]
+        return PipelineResult(self.probs[index], self.classes[index], guard if guarded.any() else None,
+                              guarded, self.answered_by[index], self.rejected[index])
 
 
 class Pipeline:
     """Classify and guard a batch. Example: `Pipeline.load("model_store/fmnist-cnn/1").run(x)`."""
 
     def __init__(self, bundle: Bundle, primary: OnnxModel, detectors: list[CalibratedDetector],
-                 policy: Policy) -> None:
+                 policy: Policy, fallback: OnnxModel | None = None) -> None:
         self.bundle = bundle
         self.primary = primary
         self.detectors = detectors
         self.policy = policy
+        self.fallback = fallback
+        self.views = required_views(detectors)
 
     @classmethod
-    def load(cls, path: Path | str, threads: int = 0) -> "Pipeline":
-        bundle = load_bundle(path)
-        primary = OnnxModel.load(bundle.path / bundle.primary.file, threads=threads)
+    def load(cls, path: Path | str, engine: EngineOptions | None = None) -> "Pipeline":
         from serving.detectors import build_detectors
 
-        detectors = build_detectors(bundle, threads=threads)
+        bundle = load_bundle(path)
+        primary = OnnxModel.load(bundle.path / bundle.primary.file, engine)
+        fallback_file = bundle.file("fallback")
+        fallback = OnnxModel.load(bundle.path / fallback_file.file, engine) if fallback_file else None
         guard = bundle.guard or {}
         policy = Policy(combine=guard.get("policy", "any"), action=guard.get("action", "flag"))
-        return cls(bundle, primary, detectors, policy)
+        return cls(bundle, primary, build_detectors(bundle, engine), policy, fallback)
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
 
-    def run(self, x: np.ndarray, guard: bool = True) -> PipelineResult:
-        probs = self.primary.probabilities(x)
-        result = run_guard(self.detectors, self.policy, x, probs, self.primary.probabilities) if guard else None
-        return PipelineResult(probs=probs, classes=probs.argmax(axis=1), guard=result,
-                              answered_by=self.bundle.primary.file)
+    def warm_up(self) -> None:
+        """One run on a blank image, so the first request does not pay ONNX Runtime's set-up."""
+        self.run(np.zeros((1, *self.bundle.input.shape), dtype=np.float32))
+
+    def run(self, x: np.ndarray, guard: bool | np.ndarray = True) -> PipelineResult:
+        """Classify `x` (N x C x H x W); guard the samples where `guard` (bool or N bools) holds."""
+        n = len(x)
+        mask = np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
+        answered_by = np.full(n, self.bundle.primary.file, dtype=object)
+        rejected = np.zeros(n, dtype=bool)
+        if not mask.any() or not self.detectors:
+            probs = self.primary.probabilities(x)
+            guard_result = None
+            if mask.any():  # no detectors: every guarded sample is CLEAN
+                guard_result = GuardResult(np.where(mask, Verdict.CLEAN, Verdict.UNSPECIFIED).astype(np.int32),
+                                           np.zeros(n, dtype=np.float32))
+            return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
+        if mask.all():
+            outputs = model_outputs(self.primary, x, self.views)
+            probs, guard_result = outputs.probs, run_guard(self.detectors, self.policy, x, outputs)
+        else:
+            guarded = model_outputs(self.primary, x[mask], self.views)
+            probs = np.empty((n, guarded.probs.shape[1]), dtype=guarded.probs.dtype)
+            probs[mask] = guarded.probs
+            probs[~mask] = self.primary.probabilities(x[~mask])
+            guard_result = _scatter(run_guard(self.detectors, self.policy, x[mask], guarded), mask)
+        adversarial = guard_result.verdicts == Verdict.ADVERSARIAL
+        if adversarial.any() and self.policy.action == "fallback" and self.fallback is not None:
+            probs = probs.copy()
+            probs[adversarial] = self.fallback.probabilities(x[adversarial])
+            answered_by[adversarial] = self.bundle.file("fallback").file
+        elif self.policy.action == "reject":
+            rejected = adversarial
+        return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
 
 
 def verdict_name(verdict: int) -> str:

@@ -40,6 +40,9 @@ def decode_image(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> np.
         raise InputError(f"encoded image is {len(data)} bytes; the limit is {limits.max_encoded_bytes}")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise InputError(f"image header declares too many pixels; the limit is {limits.max_pixels} "
+                         f"(decompression bomb guard): {err}") from err
     except (UnidentifiedImageError, OSError) as err:
         raise InputError(f"image bytes are not a PNG or JPEG file ({len(data)} bytes could not be decoded)") from err
     if image.format not in FORMATS:
@@ -80,8 +83,10 @@ def tensor_to_array(shape: tuple[int, ...], dtype: str, data: bytes, spec: Input
         want = "N x C x H x W" if batched else "C x H x W"
         raise InputError(f"tensor shape {list(shape)} is not {want} with positive sizes")
     if tuple(shape[-3:]) != tuple(spec.shape):
-        raise InputError(f"tensor shape {list(shape)} does not match the model's input "
-                         f"{list(spec.shape)} (C x H x W); raw tensors are not resized")
+        what = (f"{shape[-3]} channels; the model takes {spec.channels}" if shape[-3] != spec.channels
+                else f"{shape[-1]}x{shape[-2]} pixels; the model takes {spec.width}x{spec.height}")
+        raise InputError(f"tensor shape {list(shape)} has {what} (C x H x W {list(spec.shape)}); "
+                         f"raw tensors are never resized or converted")
     itemsize = np.dtype(_DTYPES[dtype]).itemsize
     expected = int(np.prod(shape)) * itemsize
     if len(data) != expected:

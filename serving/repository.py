@@ -1,10 +1,17 @@
-"""The loaded bundles: every version of every bundle in a model store."""
+"""The loaded bundles: every version of every bundle in a model store, swapped in and out as
+version folders appear and disappear (hot reload).
+
+Readers never lock: every change builds a new mapping and replaces the old one in a single
+assignment, so a request sees either the old set of models or the new one, never half of each.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
-from serving.bundle import bundle_names, version_dirs
+from serving.bundle import Bundle, BundleError, bundle_names, version_dirs
+from serving.engine import EngineOptions
 from serving.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -14,38 +21,87 @@ class UnknownModelError(LookupError):
     """No such bundle name or version is loaded."""
 
 
-class ModelRepository:
-    """name -> version -> Pipeline. `get(name, version)` with empty values picks the default
-    bundle (the only one, or the first by name) and its latest version."""
+class HasBundle(Protocol):
+    bundle: Bundle
 
-    def __init__(self, store: Path, threads: int = 0) -> None:
+
+Entry = TypeVar("Entry", bound=HasBundle)
+
+
+def version_key(version: str) -> tuple:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def load_pipeline(folder: Path, engine: EngineOptions | None = None) -> Pipeline:
+    """Load, verify and warm up the bundle in `folder` (`<store>/<name>/<version>`); the folder's
+    name and version must match the manifest's."""
+    pipeline = Pipeline.load(folder, engine)
+    bundle = pipeline.bundle
+    if (bundle.name, bundle.version) != (folder.parent.name, folder.name):
+        raise BundleError(f"{folder}: manifest says {bundle.name} version {bundle.version}; a bundle "
+                          f"lives in <store>/<name>/<version>/ with the manifest's name and version")
+    pipeline.warm_up()
+    return pipeline
+
+
+class ModelRepository(Generic[Entry]):
+    """name -> version -> entry (a Pipeline, or the server's wrapper around one).
+
+    `get(name, version)` with empty values picks the default bundle (`default_model`, else the
+    first by name) and its latest version (highest number)."""
+
+    def __init__(self, store: Path, default_model: str = "") -> None:
         self.store = Path(store)
-        self.threads = threads
-        self.models: dict[str, dict[str, Pipeline]] = {}
+        self.default_model = default_model
+        self.models: dict[str, dict[str, Entry]] = {}
 
-    def load_all(self) -> None:
-        for name in bundle_names(self.store):
-            for folder in version_dirs(self.store, name):
-                self.models.setdefault(name, {})[folder.name] = Pipeline.load(folder, self.threads)
-                log.info("loaded %s version %s", name, folder.name)
-        if not self.models:
-            raise FileNotFoundError(f"no bundles in {self.store}: build one with `make bundle`")
+    def scan(self) -> tuple[list[Path], list[tuple[str, str]]]:
+        """(version folders on disk not loaded yet, loaded (name, version)s gone from disk)."""
+        on_disk = {(folder.parent.name, folder.name): folder
+                   for name in bundle_names(self.store) for folder in version_dirs(self.store, name)}
+        loaded = {(name, version) for name, versions in self.models.items() for version in versions}
+        new = [folder for key, folder in sorted(on_disk.items()) if key not in loaded]
+        return new, sorted(loaded - set(on_disk))
+
+    def add(self, entry: Entry) -> None:
+        bundle = entry.bundle
+        models = {name: dict(versions) for name, versions in self.models.items()}
+        models.setdefault(bundle.name, {})[bundle.version] = entry
+        self.models = models
+
+    def remove(self, name: str, version: str) -> Entry:
+        models = {n: dict(v) for n, v in self.models.items()}
+        entry = models[name].pop(version)
+        if not models[name]:
+            del models[name]
+        self.models = models
+        return entry
+
+    def entries(self) -> list[Entry]:
+        return [e for versions in self.models.values() for e in versions.values()]
 
     def names(self) -> list[str]:
         return sorted(self.models)
 
     def versions(self, name: str) -> list[str]:
-        versions = list(self.models.get(name, {}))
-        return sorted(versions, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+        return sorted(self.models.get(name, {}), key=version_key)
 
-    def get(self, name: str = "", version: str = "") -> Pipeline:
-        name = name or (self.names()[0] if self.models else "")
-        versions = self.models.get(name)
+    def default_name(self) -> str:
+        if self.default_model and self.default_model in self.models:
+            return self.default_model
+        names = self.names()
+        return names[0] if names else ""
+
+    def get(self, name: str = "", version: str = "") -> Entry:
+        models = self.models  # one snapshot for the whole lookup
+        name = name or self.default_name()
+        versions = models.get(name)
         if not versions:
-            raise UnknownModelError(f"unknown model {name!r}; loaded: {', '.join(self.names()) or 'none'}")
-        version = version or self.versions(name)[-1]
-        pipeline = versions.get(version)
-        if pipeline is None:
+            raise UnknownModelError(f"unknown model {name!r}; loaded: {', '.join(sorted(models)) or 'none'}")
+        if not version:
+            version = max(versions, key=version_key)
+        entry = versions.get(version)
+        if entry is None:
             raise UnknownModelError(f"model {name!r} has no version {version!r}; loaded: "
-                                    f"{', '.join(self.versions(name))}")
-        return pipeline
+                                    f"{', '.join(sorted(versions, key=version_key))}")
+        return entry

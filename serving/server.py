@@ -1,173 +1,150 @@
-"""The gRPC server: `advguard.v1.GuardedClassifier`, grpc.health.v1 and reflection on one port,
-Prometheus metrics on another. The servicer only translates wire formats and calls the core."""
+"""The gRPC server: `advguard.v1.GuardedClassifier`, `inference.GRPCInferenceService` (Open
+Inference Protocol v2), grpc.health.v1 and reflection on one port; Prometheus metrics on another.
+
+Shape: `async def serve(settings)` on `grpc.aio.server()`; health is SERVING only once every
+bundle is loaded; SIGTERM/SIGINT: health goes NOT_SERVING, no new calls are accepted, every
+accepted call is finished (within `grace_seconds`; new calls meanwhile get UNAVAILABLE for
+`drain_seconds`, then the port closes), then the process exits.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from protos.advguard.v1 import guard_pb2_grpc
+from protos.inference import grpc_service_pb2_grpc
+from serving.batching import BatchingOptions
+from serving.dispatch import Dispatcher
+from serving.engine import EngineOptions
+from serving.interceptors import ServerInterceptor
 from serving.metrics import Metrics
-from serving.pipeline import Pipeline, PipelineResult, verdict_name
-from serving.preprocess import InputError, Limits, decode_image, tensor_to_array
-from serving.repository import ModelRepository, UnknownModelError
+from serving.oip import InferenceServicer
+from serving.preprocess import Limits
+from serving.served import ModelManager
+from serving.servicer import GuardedClassifierServicer
 
 log = logging.getLogger(__name__)
 SERVICE = "advguard.v1.GuardedClassifier"
-_DTYPE_NAMES = {guard_pb2.DTYPE_UINT8: "uint8", guard_pb2.DTYPE_FLOAT32: "float32"}
+OIP_SERVICE = "inference.GRPCInferenceService"
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files: the server's certificate chain and key; `client_ca` turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials([(self.key.read_bytes(), self.cert.read_bytes())],
+                                           root_certificates=ca, require_client_auth=ca is not None)
 
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """Everything `advguard serve` can set. port/metrics_port 0: any free port (reported to
+    `on_ready`); metrics_port None: no metrics endpoint; poll_seconds 0: no hot reload;
+    auth_token: require `authorization: Bearer <token>` on every call but health checks;
+    drain_seconds: after SIGTERM, how long new calls are answered UNAVAILABLE (health
+    NOT_SERVING) before the port closes, so calls already on their way are not cut off."""
+
     store: Path = Path("model_store")
     host: str = "127.0.0.1"
     port: int = 50051
-    metrics_port: int = 9100
-    threads: int = 0
-    max_message_bytes: int = 64 * 1024 * 1024
-    grace_seconds: float = 10.0
+    metrics_port: int | None = 9100
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
     limits: Limits = field(default_factory=Limits)
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int | None = None
+    grace_seconds: float = 30.0
+    drain_seconds: float = 1.0
+    poll_seconds: float = 5.0
+    default_model: str = ""
+    auth_token: str | None = None
+    tls: TLSFiles | None = None
 
 
-def image_to_array(image: guard_pb2.Image, pipeline: Pipeline, limits: Limits) -> np.ndarray:
-    source = image.WhichOneof("source")
-    spec = pipeline.bundle.input
-    if source == "encoded":
-        return decode_image(image.encoded, spec, limits)
-    if source == "tensor":
-        t = image.tensor
-        dtype = _DTYPE_NAMES.get(t.dtype)
-        if dtype is None:
-            raise InputError("tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
-        return tensor_to_array(tuple(t.shape), dtype, t.data, spec)
-    raise InputError("request has no image: set image.encoded (PNG/JPEG bytes) or image.tensor")
+def call_counts(metrics: Metrics) -> dict[str, int]:
+    """Calls finished so far, by status code (all methods)."""
+    counts: dict[str, int] = {}
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                code = sample.labels["code"]
+                counts[code] = counts.get(code, 0) + int(sample.value)
+    return counts
 
 
-def to_response(pipeline: Pipeline, result: PipelineResult, i: int, request_id: str = "") -> guard_pb2.ClassifyResponse:
-    index = int(result.classes[i])
-    response = guard_pb2.ClassifyResponse(
-        class_index=index, class_name=pipeline.labels[index],
-        probabilities=result.probs[i].tolist(), model=pipeline.bundle.name,
-        model_version=pipeline.bundle.version, answered_by=result.answered_by, request_id=request_id)
-    if result.guard is not None:
-        response.verdict = int(result.guard.verdicts[i])
-        response.attack_score = float(result.guard.attack_scores[i])
-        response.action = pipeline.policy.action
-        for outcome in result.guard.outcomes:
-            response.detectors.add(name=outcome.name, score=float(outcome.scores[i]),
-                                   threshold=outcome.threshold, flagged=bool(outcome.flagged[i]),
-                                   calibrated_fpr=outcome.target_fpr)
-    return response
-
-
-def model_info(repo: ModelRepository, pipeline: Pipeline) -> guard_pb2.ModelInfo:
-    bundle = pipeline.bundle
-    info = guard_pb2.ModelInfo(
-        name=bundle.name, version=bundle.version, versions=repo.versions(bundle.name),
-        dataset=bundle.dataset, labels=list(bundle.labels), input_shape=list(bundle.input.shape),
-        created=bundle.created, ready=True, guard_policy=pipeline.policy.combine,
-        guard_action=pipeline.policy.action)
-    for f in bundle.models:
-        info.files.add(file=f.file, sha256=f.sha256, role=f.role)
-    for d in pipeline.detectors:
-        info.detectors.add(name=d.detector.name, threshold=d.threshold, calibrated_fpr=d.target_fpr)
-    return info
-
-
-class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
-    def __init__(self, repo: ModelRepository, metrics: Metrics, settings: ServerSettings) -> None:
-        self.repo = repo
-        self.metrics = metrics
-        self.settings = settings
-
-    async def _fail(self, context, method: str, model: str, code: grpc.StatusCode, message: str, began: float):
-        self.metrics.requests.labels(method, code.name).inc()
-        self.metrics.latency.labels(model or "unknown", method, "error").observe(time.perf_counter() - began)
-        await context.abort(code, message)
-
-    async def Classify(self, request, context):
-        began = time.perf_counter()
-        self.metrics.in_flight.inc()
-        try:
-            try:
-                pipeline = self.repo.get(request.model, request.version)
-                x = image_to_array(request.image, pipeline, self.settings.limits)[None]
-            except UnknownModelError as err:
-                return await self._fail(context, "Classify", request.model, grpc.StatusCode.NOT_FOUND, str(err), began)
-            except InputError as err:
-                return await self._fail(context, "Classify", request.model, grpc.StatusCode.INVALID_ARGUMENT, str(err), began)
-            result = await asyncio.to_thread(pipeline.run, x, not request.skip_guard)
-            response = to_response(pipeline, result, 0, request.request_id)
-            verdict = "unguarded" if result.guard is None else verdict_name(result.guard.verdicts[0])
-            self.metrics.requests.labels("Classify", "OK").inc()
-            self.metrics.latency.labels(pipeline.bundle.name, "Classify", verdict).observe(time.perf_counter() - began)
-            return response
-        finally:
-            self.metrics.in_flight.dec()
-
-    async def ListModels(self, request, context):
-        began = time.perf_counter()
-        response = guard_pb2.ListModelsResponse(
-            models=[model_info(self.repo, self.repo.get(name)) for name in self.repo.names()])
-        self.metrics.requests.labels("ListModels", "OK").inc()
-        self.metrics.latency.labels("all", "ListModels", "none").observe(time.perf_counter() - began)
-        return response
-
-    async def GetModel(self, request, context):
-        began = time.perf_counter()
-        try:
-            pipeline = self.repo.get(request.name, request.version)
-        except UnknownModelError as err:
-            return await self._fail(context, "GetModel", request.name, grpc.StatusCode.NOT_FOUND, str(err), began)
-        self.metrics.requests.labels("GetModel", "OK").inc()
-        self.metrics.latency.labels(pipeline.bundle.name, "GetModel", "none").observe(time.perf_counter() - began)
-        return model_info(self.repo, pipeline)
-
-
-async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) -> None:
-    """Load the store, serve until SIGTERM/SIGINT, then stop with a grace period."""
+async def serve(settings: ServerSettings, on_ready: Callable[[dict], None] | None = None) -> dict:
+    """Load the store, serve until SIGTERM/SIGINT, finish accepted calls, return call counts."""
+    metrics = Metrics()
+    executor = ThreadPoolExecutor(max_workers=settings.batching.instances, thread_name_prefix="advguard-model")
+    models = ModelManager(settings.store, settings.engine, settings.batching, metrics, executor,
+                          settings.default_model)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-               ("grpc.max_send_message_length", settings.max_message_bytes)]
-    server = grpc.aio.server(options=options)
+               ("grpc.max_send_message_length", settings.max_message_bytes),
+               ("grpc.so_reuseport", 0)]
+    interceptor = ServerInterceptor(metrics, settings.auth_token, HEALTH_METHODS)
+    server = grpc.aio.server(options=options, interceptors=[interceptor],
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-    metrics = Metrics()
-    repo = ModelRepository(settings.store, settings.threads)
-    repo.load_all()
-    for name in repo.names():
-        for version in repo.versions(name):
-            bundle = repo.get(name, version).bundle
-            for f in bundle.models:
-                metrics.model_info.labels(name, version, f.file, f.sha256).set(1)
-    guard_pb2_grpc.add_GuardedClassifierServicer_to_server(
-        GuardedClassifierServicer(repo, metrics, settings), server)
-    reflection.enable_server_reflection(
-        (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if settings.metrics_port:
-        metrics.serve_http(settings.metrics_port, settings.host)
+    for service in ("", SERVICE, OIP_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    await models.load_all()
+    dispatcher = Dispatcher(models, metrics, settings.limits)
+    oip = InferenceServicer(dispatcher)
+    guard_pb2_grpc.add_GuardedClassifierServicer_to_server(GuardedClassifierServicer(dispatcher), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
+    reflection.enable_server_reflection((SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.port}"
+    port = (server.add_secure_port(address, settings.tls.credentials()) if settings.tls
+            else server.add_insecure_port(address))
+    metrics_port = metrics.serve_http(settings.metrics_port, settings.host) if settings.metrics_port is not None else None
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (metrics on :%d)", ", ".join(repo.names()), settings.host, bound,
-             settings.metrics_port)
+    for service in ("", SERVICE, OIP_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d (%s), metrics on %s", ", ".join(models.repo.names()), settings.host, port,
+             "TLS" if settings.tls else "plaintext", f"{settings.host}:{metrics_port}" if metrics_port else "off")
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
+    poller = loop.create_task(models.poll(settings.poll_seconds)) if settings.poll_seconds > 0 else None
+    if on_ready is not None:
+        on_ready({"host": settings.host, "port": port, "metrics_port": metrics_port,
+                  "models": {name: models.repo.versions(name) for name in models.repo.names()}})
     await stop.wait()
-    log.info("stopping: finishing accepted requests (grace %.0f s)", settings.grace_seconds)
+
+    in_flight = int(metrics.registry.get_sample_value("advguard_requests_in_flight") or 0)
+    log.info("stopping: new calls get UNAVAILABLE; finishing %d accepted (drain %.1f s, grace %.0f s)",
+             in_flight, settings.drain_seconds, settings.grace_seconds)
+    # Calls that reached gRPC's core but not yet this process would be cancelled by server.stop():
+    # answer them UNAVAILABLE (retryable) for a moment first, then close the port.
+    interceptor.draining = True
+    oip.ready = False
     await health_servicer.enter_graceful_shutdown()
+    if poller is not None:
+        poller.cancel()
+    await asyncio.sleep(settings.drain_seconds)
     await server.stop(settings.grace_seconds)
+    await models.close()
+    executor.shutdown(wait=True)
+    counts = call_counts(metrics)
+    log.info("stopped; calls by status: %s", counts)
+    return counts

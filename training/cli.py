@@ -49,24 +49,30 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return run_attack(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate_cli import run_evaluate
+
+    return run_evaluate(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_bundle
+    from training.export.calibrate import GuardSpec
 
+    detectors = tuple(d for d in args.detectors.split(",") if d and d != "none")
+    guard = GuardSpec(detectors=detectors, target_fpr=args.target_fpr, policy=args.guard_policy,
+                      action=args.guard_action, options={"feature-squeezing": {"bits": args.squeeze_bits}},
+                      max_images=args.calibration_images) if detectors else None
     path = export_bundle(Path(args.run), name=args.name, store=Path(args.store), version=args.version,
-                         dataset_limit=args.parity_images)
+                         dataset_limit=args.parity_images, guard=guard)
     print(f"bundle written: {path}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
+    from serving.serve_cli import run_serve
 
-    from serving.server import ServerSettings, serve
-
-    settings = ServerSettings(store=Path(args.store), host=args.host, port=args.port,
-                              metrics_port=args.metrics_port, threads=args.threads)
-    asyncio.run(serve(settings))
-    return 0
+    return run_serve(args)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -114,20 +120,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(func=cmd_attack)
 
+    p = sub.add_parser("evaluate", help="robustness report: clean, per-attack and worst-case accuracy")
+    p.add_argument("--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("--suite", default="standard", choices=["standard", "quick", "distill"],
+                   help="standard: FGSM, PGD-40 CE and margin (step 0.01) with restarts, Square; "
+                        "quick: FGSM + PGD-10; distill: standard + PGD on logits/T")
+    p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixels in [0, 1])")
+    p.add_argument("--restarts", type=int, default=5, help="PGD restarts (standard/distill suites)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="distill suite: T (default: the run's defence config)")
+    p.add_argument("--n", type=int, default=1000, help="test images (first N of the test split)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and report.png")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("export", help="export a run to ONNX in a versioned bundle")
     p.add_argument("--run", required=True, help="run folder written by `advguard train`")
     p.add_argument("--name", required=True, help="bundle name (model_store/<name>/<version>/)")
     p.add_argument("--store", default="model_store")
     p.add_argument("--version", default=None, help="default: one past the highest existing")
     p.add_argument("--parity-images", type=int, default=256, help="test images for the ONNX parity check")
+    p.add_argument("--detectors", default="feature-squeezing,low-confidence",
+                   help="guard detectors, comma-separated, calibrated on the run's validation split "
+                        "(default feature-squeezing,low-confidence; 'none': no guard)")
+    p.add_argument("--target-fpr", type=float, default=0.05, help="clean false-positive rate per detector")
+    p.add_argument("--guard-policy", default="any", choices=["any", "majority"])
+    p.add_argument("--guard-action", default="flag", choices=["flag", "reject", "fallback"])
+    p.add_argument("--squeeze-bits", type=int, default=4, help="feature squeezing's bit depth (1..7)")
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help="validation images to calibrate on (default: all)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="serve the bundles in a model store over gRPC")
-    p.add_argument("--store", default="model_store")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    from serving.serve_cli import add_serve_args
+
+    add_serve_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("classify", help="classify image files through a running server")

@@ -6,6 +6,7 @@ checkpointing and the metrics stay here.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,7 +101,8 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
 def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, out_dir: Path,
         batch_loss: BatchLoss = standard_loss, run_config: dict | None = None,
         resume: bool = False, trainable: list[torch.nn.Parameter] | None = None,
-        after_step: Callable[[nn.Module], None] | None = None) -> dict:
+        after_step: Callable[[nn.Module], None] | None = None,
+        epoch_order: Callable[[int, torch.Generator], torch.Tensor] | None = None) -> dict:
     """Train `model` and write model.pt, last.pt (resume point), config.json, metrics.json.
 
     Args:
@@ -109,6 +111,8 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         resume: continue from out_dir/last.pt when it exists.
         trainable: parameters the optimizer updates (default: all).
         after_step: called after each optimizer step (e.g. to re-apply a gradient mask).
+        epoch_order: (epoch, seeded generator) -> a permutation of the training indices
+            (default: uniform shuffling; a curriculum passes its syllabus here).
     Returns the metrics dict (also written to metrics.json).
     """
     out_dir = Path(out_dir)
@@ -135,11 +139,12 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        order = torch.randperm(len(splits.train), generator=gen)
+        order = (epoch_order(epoch, gen) if epoch_order is not None
+                 else torch.randperm(len(splits.train), generator=gen))
         model.train()
         total, seen = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=None)
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = splits.train.x[idx], splits.train.y[idx]

@@ -40,8 +40,8 @@ class Attack(ABC):
     """Base of every attack: `attack(x, y) -> x_adv`.
 
     `x` holds pixels in [0, 1] (N x C x H x W); `model(x)` returns logits. The base call checks
-    shapes, runs the subclass's `_perturb` with the model in eval mode (restored exactly after),
-    clamps to [0, 1] and detaches. Subclasses write `_perturb(x, y) -> x_adv` only.
+    shapes, runs the subclass's `_perturb` with the model in eval mode (restored exactly after)
+    and gradients enabled, clamps to [0, 1] and detaches. Subclasses write `_perturb(x, y) -> x_adv` only.
     """
 
     Config: ClassVar[type[AttackConfig]] = AttackConfig
@@ -64,7 +64,8 @@ class Attack(ABC):
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError("x must hold pixels in [0, 1]; normalization belongs inside the model")
         x, y = x.detach(), y.detach().to(x.device)
-        with eval_mode(self.model):
+        # enable_grad: gradient attacks work even when called under torch.no_grad()
+        with eval_mode(self.model), torch.enable_grad():
             x_adv = self._perturb(x, y)
         return x_adv.clamp(0.0, 1.0).detach()
 

@@ -68,7 +68,8 @@ class PGD(Attack):
             noise = noise * self.config.eps
         return self._project(x, x + noise)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+             score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         x_adv = self._start(x, gen)
         for _ in range(cfg.steps):
@@ -78,6 +79,8 @@ class PGD(Attack):
             with torch.no_grad():
                 step = grad.sign() if cfg.norm == "linf" else grad / _l2_norm(grad)
                 x_adv = self._project(x, x_adv + cfg.alpha * step)
+        if not score:  # one run: no restart to compare against, skip the extra forward pass
+            return x_adv.detach(), None
         with torch.no_grad():
             logits = self.model(x_adv)
             score = attack_loss(logits, y, cfg.loss, cfg.targeted)
@@ -86,7 +89,7 @@ class PGD(Attack):
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = self.generator(x.device)
-        best, best_score = self._run(x, y, gen)
+        best, best_score = self._run(x, y, gen, score=self.config.restarts > 1)
         for _ in range(self.config.restarts - 1):
             todo = best_score < torch.inf
             if not todo.any():

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from serving.bundle import BundleError, load_bundle, next_version, sha256_file, write_manifest
+from serving.engine import OnnxModel
 from training.checkpoint import read_json
 from training.checkpoint import load_model
 from training.data import DataConfig, load_splits
+from training.export.calibrate import GuardSpec, calibrate
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
 
 log = logging.getLogger(__name__)
@@ -16,18 +19,21 @@ PARITY_TOLERANCE = 1e-4
 
 
 def export_bundle(run: Path, name: str, store: Path = Path("model_store"), version: str | None = None,
-                  dataset_limit: int = 256, guard: dict | None = None) -> Path:
+                  dataset_limit: int = 256, guard: dict | GuardSpec | None = None) -> Path:
     """Export `run`'s model as a new bundle version; never overwrites an existing one.
 
     Checks ONNX parity on `dataset_limit` test images (max |p_torch - p_onnx| <= 1e-4).
+    `guard`: the manifest's guard section as is (dict), or a GuardSpec whose detectors are
+    calibrated on the run's validation split (held out from training) to its target
+    false-positive rate; None: no detectors.
     """
     run = Path(run)
     model, spec = load_model(run)
     config = read_json(run / "config.json")
     data = DataConfig(**{k: v for k, v in config.get("data", {}).items()
                          if k in DataConfig.__dataclass_fields__})
-    splits = load_splits(DataConfig(name=data.name, data_dir=data.data_dir, seed=data.seed,
-                                    limit_test=dataset_limit))
+    # the run's own split (same seed and val_size), so the validation images are the held-out ones
+    splits = load_splits(replace(data, limit_test=dataset_limit))
     version = version or next_version(store, name)
     out = Path(store) / name / version
     if out.exists():
@@ -37,6 +43,10 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     parity = onnx_parity(model, onnx_path, splits.test.x)
     if parity > PARITY_TOLERANCE:
         raise BundleError(f"ONNX parity failed: max probability difference {parity:.2e} > {PARITY_TOLERANCE}")
+    if isinstance(guard, GuardSpec):
+        guard = calibrate(OnnxModel.load(onnx_path), splits.val.x.numpy(), guard)
+        log.info("guard calibrated on %d validation images: %s", len(splits.val),
+                 ", ".join(f"{d['name']} > {d['threshold']:.4g}" for d in guard["detectors"]))
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     manifest = {
         "name": name,

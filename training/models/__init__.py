@@ -1,5 +1,6 @@
 """Model registry: the papers' architectures, advguard's default, torchvision's by name."""
 from training.models import paper_cnns  # noqa: F401  (registers the papers' models)
+from training.models import mia_ensemble, volumetric  # noqa: F401  (issue 5: registers mia-ensemble, volumetric)
 from training.models.registry import (
     ModelSpec, Normalize, count_parameters, create_model, known_models, register_model,
 )

@@ -1,0 +1,164 @@
+"""One server interceptor: optional bearer-token auth and the per-call metrics of every method
+(latency by model, method and verdict; calls by status code; calls in flight).
+
+Handlers fill in what only they know (the model that answered, the verdict, the status they
+aborted with) on the `CallLabels` that `call_labels()` returns inside a call.
+"""
+from __future__ import annotations
+
+import contextvars
+import hmac
+import inspect
+import time
+from typing import Callable
+
+import grpc
+
+from serving.metrics import Metrics
+
+AUTH_HEADER = "authorization"
+
+
+class CallLabels:
+    __slots__ = ("model", "verdict", "code")
+
+    def __init__(self) -> None:
+        self.model, self.verdict, self.code = "", "none", ""
+
+
+_current: contextvars.ContextVar[CallLabels] = contextvars.ContextVar("advguard_call_labels")
+
+
+def call_labels() -> CallLabels:
+    """The labels of the call being handled (a throwaway outside one)."""
+    labels = _current.get(None)
+    return labels if labels is not None else CallLabels()
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
+    """`context.abort`, recording the code for the metrics first."""
+    call_labels().code = code.name
+    await context.abort(code, message)
+
+
+def _code_of(context, labels: CallLabels, err: BaseException | None) -> str:
+    if labels.code:
+        return labels.code
+    if err is None:
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "OK"
+    if isinstance(err, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED" if isinstance(err, BaseException) and not isinstance(err, Exception) else "UNKNOWN"
+
+
+UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED,
+                   f"missing or wrong bearer token: send metadata '{AUTH_HEADER}: Bearer <token>'")
+DRAINING = (grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry (on another replica)")
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """`token`: when set, every method except `open_methods` needs metadata
+    `authorization: Bearer <token>` (else UNAUTHENTICATED). Once `draining` is set (SIGTERM),
+    new calls except `open_methods` get UNAVAILABLE while the accepted ones finish."""
+
+    def __init__(self, metrics: Metrics, token: str | None = None, open_methods: frozenset[str] = frozenset()) -> None:
+        self.metrics = metrics
+        self.token = f"Bearer {token}".encode() if token else None
+        self.open_methods = open_methods
+        self.draining = False
+        self._handlers: dict[tuple[str, tuple | None], grpc.RpcMethodHandler] = {}
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        for key, value in details.invocation_metadata or ():
+            if key == AUTH_HEADER:
+                value = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(value, self.token)
+        return False
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        refusal = None
+        if method not in self.open_methods:
+            if self.draining:
+                refusal = DRAINING
+            elif self.token is not None and not self._authorized(details):
+                refusal = UNAUTHENTICATED
+        key = (method, refusal)
+        wrapped = self._handlers.get(key)
+        if wrapped is None:
+            wrapped = self._handlers[key] = self._wrap(method, handler, refusal)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler, refusal: tuple | None = None) -> grpc.RpcMethodHandler:
+        name = method.rsplit("/", 1)[-1]
+        metrics = self.metrics
+
+        def begin() -> tuple[CallLabels, float]:
+            # each call runs in its own task (its own context copy): no reset needed
+            labels = CallLabels()
+            _current.set(labels)
+            metrics.in_flight.inc()
+            return labels, time.perf_counter()
+
+        def end(context, labels: CallLabels, began: float, err: BaseException | None) -> None:
+            elapsed = time.perf_counter() - began
+            metrics.in_flight.dec()
+            code = _code_of(context, labels, err)
+            metrics.requests.labels(name, code).inc()
+            verdict = labels.verdict if code == "OK" else "error"
+            metrics.latency.labels(labels.model, name, verdict).observe(elapsed)
+
+        async def refuse(context):
+            await abort(context, *refusal)
+
+        def unary(inner: Callable) -> Callable:
+            async def behavior(request, context):
+                labels, began = begin()
+                err = None
+                try:
+                    if refusal:
+                        await refuse(context)
+                    return await inner(request, context)
+                except BaseException as caught:
+                    err = caught
+                    raise
+                finally:
+                    end(context, labels, began, err)
+            return behavior
+
+        def streaming(inner: Callable) -> Callable:
+            if not inspect.isasyncgenfunction(inner):  # writes with context.write(): a coroutine
+                return unary(inner)
+
+            async def behavior(request, context):
+                labels, began = begin()
+                err = None
+                try:
+                    if refusal:
+                        await refuse(context)
+                    async for response in inner(request, context):
+                        yield response
+                except BaseException as caught:
+                    err = caught
+                    raise
+                finally:
+                    end(context, labels, began, err)
+            return behavior
+
+        kwargs = dict(request_deserializer=handler.request_deserializer,
+                      response_serializer=handler.response_serializer)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)

@@ -1,0 +1,94 @@
+"""`advguard serve`: flags -> ServerSettings -> serve(). Heavy imports wait until it runs.
+
+On start-up it prints one line to stdout once every bundle is loaded and the port is open:
+`advguard ready {"host": ..., "port": ..., "metrics_port": ..., "models": {...}}`, and on exit
+`advguard stopped {"OK": n, ...}` (calls by status code). Logs go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TOKEN_ENV = "ADVGUARD_AUTH_TOKEN"
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="model_store", help="model store: <store>/<name>/<version>/manifest.json")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (gRPC and metrics)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed when ready)")
+    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: any free port)")
+    p.add_argument("--no-metrics", action="store_true", help="no /metrics endpoint")
+    p.add_argument("--default-model", default="", help="bundle used when a request names none (default: first by name)")
+    p.add_argument("--poll-seconds", type=float, default=5.0,
+                   help="hot reload: scan the store for new or removed version folders this often (0: never)")
+    g = p.add_argument_group("engine and batching")
+    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0: one per core)")
+    g.add_argument("--spin", action="store_true", help="let ONNX Runtime's idle threads spin (only on a dedicated machine)")
+    g.add_argument("--cpu-only", action="store_true", help="ignore a GPU even when onnxruntime-gpu is installed")
+    g.add_argument("--max-batch-size", type=int, default=64, help="images gathered into one model run")
+    g.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="microseconds a free model instance waits for a batch to fill (0: run at once)")
+    g.add_argument("--max-queue-size", type=int, default=4096,
+                   help="images allowed to wait; beyond it calls fail at once with RESOURCE_EXHAUSTED")
+    g.add_argument("--instances", type=int, default=1, help="batches of one model run at the same time")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024, help="gRPC message size limit")
+    g.add_argument("--max-image-bytes", type=int, default=4 * 1024 * 1024, help="encoded image size limit")
+    g.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="width x height limit, checked before decoding (decompression bombs)")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED (default: no limit)")
+    g.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, time allowed to finish accepted calls")
+    g.add_argument("--drain-seconds", type=float, default=1.0,
+                   help="on SIGTERM, time new calls are answered UNAVAILABLE before the port closes")
+    g = p.add_argument_group("security")
+    g.add_argument("--auth-token-file", default=None,
+                   help=f"require 'authorization: Bearer <token>' with the token in this file (or ${TOKEN_ENV}); "
+                        f"health checks stay open")
+    g.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
+    g.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    g.add_argument("--tls-client-ca", default=None, help="PEM CA bundle: require client certificates (mutual TLS)")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from serving.batching import BatchingOptions
+    from serving.engine import EngineOptions
+    from serving.preprocess import Limits
+    from serving.server import ServerSettings, TLSFiles
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.auth_token_file:
+        token = Path(args.auth_token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"--auth-token-file {args.auth_token_file} is empty")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key),
+                   Path(args.tls_client_ca) if args.tls_client_ca else None) if args.tls_cert else None
+    return ServerSettings(
+        store=Path(args.store), host=args.host, port=args.port,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        engine=EngineOptions(threads=args.threads, spin=args.spin, cpu_only=args.cpu_only),
+        batching=BatchingOptions(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+                                 max_queue_size=args.max_queue_size, instances=args.instances),
+        limits=Limits(max_encoded_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
+        max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds, poll_seconds=args.poll_seconds, default_model=args.default_model,
+        auth_token=token, tls=tls)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving.server import serve
+
+    def ready(info: dict) -> None:
+        print(f"advguard ready {json.dumps(info)}", flush=True)
+
+    counts = asyncio.run(serve(settings_from_args(args), on_ready=ready))
+    print(f"advguard stopped {json.dumps(counts)}", flush=True)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,139 @@
+"""Serving fixtures: a calibrated bundle built from `trained_run`, a model store with two bundles,
+and real `advguard serve` processes on free loopback ports (one shared by most tests).
+
+Never import `protos.inference` (or `serving.server`/`serving.oip`) in the test process: its
+message names are the same as tritonclient's, and the protobuf pool refuses duplicates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# the shared server's limits, small so the tests can hit them cheaply
+LIMITS = {"max_queue_size": 512, "max_batch_size": 64, "max_image_bytes": 256 * 1024,
+          "max_image_pixels": 1_000_000, "max_message_bytes": 1024 * 1024}
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    metrics_port: int | None
+    store: Path
+    log: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 60) -> tuple[int, dict]:
+        """SIGTERM; wait for exit; (exit code, call counts the server printed on exit)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        counts = {}
+        for line in out.splitlines():
+            if line.startswith("advguard stopped "):
+                counts = json.loads(line[len("advguard stopped "):])
+        return self.proc.returncode, counts
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def start_server(store: Path, log: Path, *args: str, env: dict | None = None) -> ServerProcess:
+    """`advguard serve` on free ports; returns once it printed its ready line (all bundles loaded)."""
+    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", str(store), "--port", "0",
+           "--metrics-port", "0", "--threads", "1", *args]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, **(env or {})})
+    line = proc.stdout.readline()  # blocks until ready (or EOF if it died)
+    if not line.startswith("advguard ready "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}")
+    info = json.loads(line[len("advguard ready "):])
+    return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log)
+
+
+def clone_bundle(src: Path, store: Path, name: str, version: str, guard: dict | None = None) -> Path:
+    """Copy bundle folder `src` to `store/name/version` with the manifest's name and version
+    (and guard, when given) changed; the manifest lands last, by rename, as an exporter's does."""
+    from serving.bundle import MANIFEST
+
+    dest = Path(store) / name / version
+    staging = Path(store) / name / f".{version}.staging"
+    shutil.copytree(src, staging)
+    manifest = json.loads((staging / MANIFEST).read_text())
+    manifest.update(name=name, version=version)
+    if guard is not None:
+        manifest["guard"] = guard
+    (staging / MANIFEST).unlink()
+    staging.rename(dest)
+    tmp = dest / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(dest / MANIFEST)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def guarded_bundle(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported with both detectors calibrated to 5% on its validation split."""
+    from training.export import export_bundle
+    from training.export.calibrate import GuardSpec
+
+    store = tmp_path_factory.mktemp("export")
+    return export_bundle(trained_run, "fmnist-guarded", store, dataset_limit=64, guard=GuardSpec())
+
+
+@pytest.fixture(scope="session")
+def serving_store(guarded_bundle, tmp_path_factory) -> Path:
+    """fmnist-guarded/1 (the default) and fmnist-plain/1 (same model, no detectors)."""
+    store = tmp_path_factory.mktemp("store")
+    clone_bundle(guarded_bundle, store, "fmnist-guarded", "1")
+    clone_bundle(guarded_bundle, store, "fmnist-plain", "1", guard={"detectors": [], "policy": "any", "action": "flag"})
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(serving_store, tmp_path_factory):
+    """One server for the session's API, input, load and metrics tests."""
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in LIMITS.items()]
+    proc = start_server(serving_store, log, "--default-model", "fmnist-guarded", "--poll-seconds", "0", *args)
+    yield proc
+    code, _ = proc.stop()
+    assert code == 0, proc.log_text()
+
+
+@pytest.fixture(scope="session")
+def clean_images(fmnist_small) -> tuple[np.ndarray, np.ndarray]:
+    """The small fixture's test images as uint8 N x 1 x 28 x 28, and labels."""
+    x = np.round(fmnist_small.test.x.numpy() * 255).astype(np.uint8)
+    return x, fmnist_small.test.y.numpy()
+
+
+@pytest.fixture(scope="session")
+def tools():
+    """Helpers for tests that need their own server or store: start_server, clone_bundle."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(start_server=start_server, clone_bundle=clone_bundle)
+
+
+# DEV-ONLY-REMOVE-ME
+if os.environ.get("ADVGUARD_DEV_RUN"):
+    @pytest.fixture(scope="session")
+    def trained_run():
+        return Path(os.environ["ADVGUARD_DEV_RUN"])

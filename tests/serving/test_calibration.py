@@ -1,0 +1,56 @@
+"""Calibration at export: thresholds set on the validation split hold their false-positive rate
+on a fresh clean split (Fashion-MNIST test images, never seen in training or calibration)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+TARGET = 0.05
+TOLERANCE = 0.02
+FRESH_IMAGES = 4000
+
+
+@pytest.fixture(scope="module")
+def fresh_clean():
+    from training.data import DataConfig, load_splits
+
+    splits = load_splits(DataConfig(name="fashion-mnist", val_size=1000, limit_train=1, limit_test=FRESH_IMAGES))
+    return splits.test.x.numpy()
+
+
+def test_manifest_records_thresholds_and_rates(guarded_bundle):
+    guard = json.loads((guarded_bundle / "manifest.json").read_text())["guard"]
+    assert [d["name"] for d in guard["detectors"]] == ["feature-squeezing", "low-confidence"]
+    for entry in guard["detectors"]:
+        assert entry["target_fpr"] == TARGET
+        assert entry["calibration"]["split"] == "validation" and entry["calibration"]["images"] == 1000
+        assert entry["calibration"]["measured_fpr"] <= TARGET
+    assert (guard["policy"], guard["action"]) == ("any", "flag")
+
+
+def test_false_positive_rate_on_a_fresh_clean_split(guarded_bundle, fresh_clean):
+    from serving.pipeline import Pipeline
+    from training.export.calibrate import detector_scores
+
+    pipeline = Pipeline.load(guarded_bundle)
+    scores = detector_scores(pipeline.primary, fresh_clean, [d.detector for d in pipeline.detectors])
+    for j, cal in enumerate(pipeline.detectors):
+        fpr = float(np.mean(scores[:, j] > cal.threshold))
+        assert abs(fpr - TARGET) <= TOLERANCE, f"{cal.detector.name}: FPR {fpr:.4f} on {len(fresh_clean)} fresh images"
+    # and the server's own path agrees with the calibration scorer
+    result = pipeline.run(fresh_clean[:64])
+    for j, outcome in enumerate(result.guard.outcomes):
+        np.testing.assert_allclose(outcome.scores, scores[:64, j], atol=1e-5)
+
+
+def test_guard_spec_is_validated():
+    from training.export.calibrate import GuardSpec
+
+    with pytest.raises(ValueError, match="target_fpr must be in"):
+        GuardSpec(target_fpr=0.0)
+    with pytest.raises(KeyError, match="unknown detector 'squeeze'; known: feature-squeezing, low-confidence"):
+        GuardSpec(detectors=("squeeze",))
+    with pytest.raises(ValueError, match="action must be"):
+        GuardSpec(action="drop")

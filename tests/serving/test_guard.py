@@ -1,0 +1,73 @@
+"""The guard core over arrays: squeezers, thresholds, policy, pipeline masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.guard import CalibratedDetector, Outputs, Policy, Verdict, run_guard, threshold_for_fpr
+from serving.squeezing import median_smooth_2x2, reduce_bit_depth
+
+
+def test_median_matches_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = np.random.default_rng(0).random((3, 2, 9, 7)).astype(np.float32)
+    expected = ndimage.median_filter(x, size=(1, 1, 2, 2), mode="reflect")
+    np.testing.assert_array_equal(median_smooth_2x2(x), expected)
+
+
+def test_bit_depth_keeps_2_to_the_bits_levels():
+    x = np.linspace(0, 1, 1001, dtype=np.float32)
+    for bits in (1, 4):
+        squeezed = reduce_bit_depth(x, bits)
+        assert len(np.unique(squeezed)) == 2 ** bits
+        assert np.abs(squeezed - x).max() <= 0.5 / (2 ** bits - 1) + 1e-6
+        np.testing.assert_array_equal(reduce_bit_depth(squeezed, bits), squeezed)
+
+
+def test_threshold_flags_at_most_the_target_rate():
+    scores = np.random.default_rng(1).random(1000)
+    threshold = threshold_for_fpr(scores, 0.05)
+    assert np.sum(scores > threshold) == 50
+    with pytest.raises(ValueError, match="target_fpr must be in"):
+        threshold_for_fpr(scores, 1.5)
+
+
+class FixedScores:
+    """A detector whose scores are given (the policy test needs exact flags)."""
+
+    views: dict = {}
+
+    def __init__(self, name: str, scores: list[float]) -> None:
+        self.name, self.scores = name, np.asarray(scores, dtype=np.float32)
+
+    def score(self, x, outputs):
+        return self.scores
+
+
+def test_policy_any_and_majority():
+    detectors = [CalibratedDetector(FixedScores("a", [0.0, 2.0, 2.0]), 1.0, 0.05),
+                 CalibratedDetector(FixedScores("b", [0.0, 0.0, 3.0]), 1.0, 0.05)]
+    x, outputs = np.zeros((3, 1, 2, 2), np.float32), Outputs(np.full((3, 2), 0.5, np.float32))
+    any_ = run_guard(detectors, Policy("any"), x, outputs)
+    assert any_.verdicts.tolist() == [Verdict.CLEAN, Verdict.ADVERSARIAL, Verdict.ADVERSARIAL]
+    majority = run_guard(detectors, Policy("majority"), x, outputs)
+    assert majority.verdicts.tolist() == [Verdict.CLEAN, Verdict.SUSPICIOUS, Verdict.ADVERSARIAL]
+    np.testing.assert_allclose(majority.attack_scores, [0.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="combine must be"):
+        Policy("most")
+
+
+def test_pipeline_guards_only_the_masked_samples(guarded_bundle, clean_images):
+    from serving.pipeline import Pipeline
+
+    pipeline = Pipeline.load(guarded_bundle)
+    x = clean_images[0][:6].astype(np.float32) / 255
+    mask = np.array([True, False, True, False, False, True])
+    mixed = pipeline.run(x, mask)
+    full = pipeline.run(x)
+    np.testing.assert_allclose(mixed.probs, full.probs, atol=1e-5)
+    assert mixed.guarded.tolist() == mask.tolist()
+    assert (mixed.guard.verdicts[~mask] == Verdict.UNSPECIFIED).all()
+    np.testing.assert_array_equal(mixed.guard.verdicts[mask], full.guard.verdicts[mask])
+    part = mixed.take(slice(1, 2))
+    assert part.guard is None and part.classes.tolist() == full.classes[1:2].tolist()

@@ -1,0 +1,131 @@
+"""Exact logits for images that differ from clean ones in a few pixels, recomputing only the
+part of a convolutional prefix those pixels reach (for sparse black-box attacks).
+
+For an `nn.Sequential` whose first layers are convolutions (stride 1), pools (kernel = stride),
+batch norm, normalization, dropout and element-wise activations, a change to a few pixels
+alters only a window of every feature map. `LocalEvaluator` caches each clean image's
+feature maps once, then for a candidate propagates only the changed window (plus the halo
+each layer needs, taken from the cached maps), pastes the last window into the clean map and
+runs the rest of the network in full. Models it cannot split fall back to a full forward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.models import Normalize
+
+_POINTWISE = (Normalize, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.ELU,
+              nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _local_kind(layer: nn.Module) -> str | None:
+    if isinstance(layer, _POINTWISE):
+        return "point"
+    if isinstance(layer, nn.Conv2d):
+        k = _pair(layer.kernel_size)
+        pad = tuple(x // 2 for x in k) if layer.padding == "same" else layer.padding
+        if (_pair(layer.stride) == (1, 1) and _pair(layer.dilation) == (1, 1)
+                and layer.padding_mode == "zeros" and isinstance(pad, (int, tuple))
+                and (layer.padding != "same" or all(x % 2 for x in k))):
+            return "conv"
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        k, s = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
+        if k == s and _pair(layer.padding) == (0, 0) and not layer.ceil_mode and \
+                _pair(getattr(layer, "dilation", 1)) == (1, 1):
+            return "pool"
+    return None
+
+
+def gather_windows(maps: torch.Tensor, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
+            h: int, w: int) -> torch.Tensor:
+    """Windows maps[owner[m], :, r0[m]:r0[m]+h, c0[m]:c0[m]+w] as (M, C, h, w)."""
+    rows = r0[:, None, None] + torch.arange(h, device=maps.device)[None, :, None]
+    cols = c0[:, None, None] + torch.arange(w, device=maps.device)[None, None, :]
+    return maps[owner[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _paste(window: torch.Tensor, crop: torch.Tensor, dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    h, w = crop.shape[-2:]
+    rows = dr[:, None, None] + torch.arange(h, device=crop.device)[None, :, None]
+    cols = dc[:, None, None] + torch.arange(w, device=crop.device)[None, None, :]
+    idx = torch.arange(len(crop), device=crop.device)[:, None, None]
+    window[idx, :, rows, cols] = crop.permute(0, 2, 3, 1)
+    return window
+
+
+class LocalEvaluator:
+    """Logits of clean images `x` with small windows replaced.
+
+    Example: `ev = LocalEvaluator(model, x); logits = ev.logits(owner, r0, c0, crops)` where
+    crop m (C, h, w) replaces x[owner[m], :, r0[m]:r0[m]+h, c0[m]:c0[m]+w]. `local=False`
+    (or a model it cannot split) evaluates every image in full.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, local: bool = True) -> None:
+        self.model = model
+        self.x = x
+        layers = list(model) if local and isinstance(model, nn.Sequential) else []
+        self.local: list[tuple[nn.Module, str]] = []
+        self.maps: list[torch.Tensor] = []   # each local layer's input (padded for convs), then the output
+        self.sizes: list[tuple[int, int]] = []  # each local layer's output size
+        with torch.no_grad():
+            out = x
+            for layer in layers:
+                kind = _local_kind(layer)
+                if kind is None or (kind == "pool" and any(
+                        n % s for n, s in zip(out.shape[-2:], _pair(layer.stride or layer.kernel_size)))):
+                    break
+                if kind == "conv":
+                    p = self._conv_pad(layer)
+                    self.maps.append(nn.functional.pad(out, (p[1], p[1], p[0], p[0])))
+                else:
+                    self.maps.append(out)
+                self.local.append((layer, kind))
+                out = layer(out)
+                self.sizes.append(tuple(out.shape[-2:]))
+            self.maps.append(out)
+        self.head = nn.Sequential(*layers[len(self.local):])
+        self.enabled = any(kind != "point" for _, kind in self.local)
+
+    @staticmethod
+    def _conv_pad(layer: nn.Conv2d) -> tuple[int, int]:
+        if layer.padding == "same":
+            return tuple(k // 2 for k in _pair(layer.kernel_size))
+        return _pair(layer.padding)
+
+    @torch.no_grad()
+    def logits(self, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
+               crop: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            full = _paste(self.x[owner].clone(), crop, r0, c0)
+            return self.model(full)
+        for i, (layer, kind) in enumerate(self.local):
+            h, w = crop.shape[-2:]
+            if kind == "point":
+                crop = layer(crop)
+                continue
+            if kind == "conv":
+                (kh, kw), (ph, pw) = _pair(layer.kernel_size), self._conv_pad(layer)
+                size_h, size_w = self.sizes[i]
+                ho, wo = min(h + kh - 1, size_h), min(w + kw - 1, size_w)
+                o_r = (r0 + ph - kh + 1).clamp(0, size_h - ho)
+                o_c = (c0 + pw - kw + 1).clamp(0, size_w - wo)
+                window = gather_windows(self.maps[i], owner, o_r, o_c, ho + kh - 1, wo + kw - 1)
+                window = _paste(window, crop, r0 + ph - o_r, c0 + pw - o_c)
+                crop = nn.functional.conv2d(window, layer.weight, layer.bias, groups=layer.groups)
+            else:
+                (sh, sw) = _pair(layer.stride or layer.kernel_size)
+                size_h, size_w = self.sizes[i]
+                ho, wo = min((h + 2 * sh - 2) // sh, size_h), min((w + 2 * sw - 2) // sw, size_w)
+                o_r = (r0 // sh).clamp(0, size_h - ho)
+                o_c = (c0 // sw).clamp(0, size_w - wo)
+                window = gather_windows(self.maps[i], owner, o_r * sh, o_c * sw, ho * sh, wo * sw)
+                crop = layer(_paste(window, crop, r0 - o_r * sh, c0 - o_c * sw))
+            r0, c0 = o_r, o_c
+        full = _paste(self.maps[-1][owner].clone(), crop, r0, c0)
+        return self.head(full)
