@@ -49,7 +49,7 @@ bundle: setup
 	  echo "bundle present under $(BUNDLE)"; \
 	else \
 	  $(BIN)/advguard train --model fmnist-cnn --dataset fashion-mnist --epochs $(BUNDLE_EPOCHS) --out runs/fmnist-cnn-default && \
-	  $(BIN)/advguard export --run runs/fmnist-cnn-default --name fmnist-cnn --store model_store; \
+	  $(BIN)/advguard export --run runs/fmnist-cnn-default --name fmnist-cnn --store model_store --torchserve; \
 	fi
 
 serve: bundle

@@ -30,8 +30,29 @@ class EngineOptions:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
+def runtime_conflict() -> str | None:
+    """A message when both onnxruntime and onnxruntime-gpu are installed (they overwrite each
+    other's files, and which one wins is an accident of install order)."""
+    from importlib import metadata
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        return ("both onnxruntime and onnxruntime-gpu are installed; keep one: "
+                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    return None
+
+
 def available_providers(cpu_only: bool = False) -> list[str]:
     """CUDA when onnxruntime-gpu and a GPU are present (and not `cpu_only`), then CPU."""
+    conflict = runtime_conflict()
+    if conflict:
+        log.warning(conflict)
     providers = ort.get_available_providers()
     chosen = [] if cpu_only else [p for p in ("CUDAExecutionProvider",) if p in providers]
     return chosen + ["CPUExecutionProvider"]

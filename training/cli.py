@@ -66,6 +66,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_bundle(Path(args.run), name=args.name, store=Path(args.store), version=args.version,
                          dataset_limit=args.parity_images, guard=guard)
     print(f"bundle written: {path}")
+    if args.torchserve:
+        from training.export.torchserve import add_mar_to_bundle
+
+        print(f"TorchServe archive written: {add_mar_to_bundle(path)}")
     return 0
 
 
@@ -141,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="model_store")
     p.add_argument("--version", default=None, help="default: one past the highest existing")
     p.add_argument("--parity-images", type=int, default=256, help="test images for the ONNX parity check")
+    p.add_argument("--torchserve", action="store_true",
+                   help="also write <name>.mar (TorchServe archive with advguard's handler) into the bundle")
     p.add_argument("--detectors", default="feature-squeezing,low-confidence",
                    help="guard detectors, comma-separated, calibrated on the run's validation split "
                         "(default feature-squeezing,low-confidence; 'none': no guard)")

@@ -61,7 +61,7 @@ class LBFGS(Attack):
             loss = (weights * (x_adv - x).pow(2)).sum() - attack_loss(
                 self.model(x_adv), y, "ce", self.config.targeted).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-            return float(loss), grad.detach().cpu().double().numpy().ravel()
+            return loss.item(), grad.detach().cpu().double().numpy().ravel()
 
         start = x.detach().cpu().double().numpy().ravel()
         result = minimize(objective, start, jac=True, method="L-BFGS-B",

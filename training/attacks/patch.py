@@ -110,7 +110,7 @@ class AdversarialPatch(Attack):
         gen = self.generator(x.device)
         patch = torch.rand((c, s, s), generator=gen, device=x.device, dtype=x.dtype).requires_grad_(True)
         optimizer = torch.optim.Adam([patch], lr=cfg.lr)
-        with eval_mode(self.model):
+        with eval_mode(self.model), torch.enable_grad():
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(x), generator=gen, device=x.device)
                 total = 0.0

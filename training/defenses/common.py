@@ -91,10 +91,10 @@ def finalize(out_dir: Path, model: nn.Module, spec: ModelSpec, metrics: dict) ->
     return metrics
 
 
-def train(defense, model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig,
-          out_dir: Path, batch_loss: BatchLoss, run_config: dict | None = None, resume: bool = False,
-          trainable: list[nn.Parameter] | None = None,
-          after_step: Callable[[nn.Module], None] | None = None) -> dict:
+def run_training(defense, model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig,
+                 out_dir: Path, batch_loss: BatchLoss, run_config: dict | None = None,
+                 resume: bool = False, trainable: list[nn.Parameter] | None = None,
+                 after_step: Callable[[nn.Module], None] | None = None) -> dict:
     """`training.trainer.fit` with the defence's loss, recording the defence's config.
 
     Under torchrun the model is wrapped in DDP, each rank trains on its shard and rank 0

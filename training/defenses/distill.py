@@ -15,7 +15,7 @@ from training.attacks import eval_mode
 from training.data import Split, Splits
 from training.ddp import rank
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import build_model, finalize, train
+from training.defenses.common import build_model, finalize, run_training
 from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -68,23 +68,23 @@ class Distill(Defense):
 
     Config = DistillConfig
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
         cfg, out_dir = self.config, Path(out_dir)
-        config = train_config
+        config = train
         if cfg.paper_schedule:
-            config = replace(train_config, optimizer="adam", lr=1e-4, schedule="plateau", epochs=10)
+            config = replace(train, optimizer="adam", lr=1e-4, schedule="plateau", epochs=10)
             log.info("distill: paper 001's schedule (Adam 1e-4, plateau, 10 epochs)")
         loss = tempered_loss(cfg.temperature)
         teacher, spec = build_model(model_name, splits, config.seed)
-        teacher_metrics = train(self, teacher, spec, splits, config, out_dir / TEACHER_DIR, loss,
-                                run_config, resume)
+        teacher_metrics = run_training(self, teacher, spec, splits, config, out_dir / TEACHER_DIR,
+                                       loss, run_config, resume)
         soft = soft_labels(teacher, splits.train.x, cfg.temperature)
         if rank() == 0:
             torch.save(soft, out_dir / SOFT_LABELS_FILE)
         student, _ = build_model(model_name, splits, config.seed + 1)
         student_splits = replace(splits, train=Split(splits.train.x, soft))
-        metrics = train(self, student, spec, student_splits, config, out_dir, loss, run_config, resume)
+        metrics = run_training(self, student, spec, student_splits, config, out_dir, loss, run_config, resume)
         metrics.update(temperature=cfg.temperature, teacher_test_accuracy=teacher_metrics["test_accuracy"],
                        wall_seconds=round(metrics["wall_seconds"] + teacher_metrics["wall_seconds"], 2),
                        student_seconds=metrics["wall_seconds"], teacher_seconds=teacher_metrics["wall_seconds"])

@@ -16,7 +16,7 @@ from training.attacks import PGD, eval_mode
 from training.data import Split, Splits
 from training.ddp import agree, rank, shard, unwrap
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, build_model, finalize, project_linf, train
+from training.defenses.common import StepSeeds, build_model, finalize, project_linf, run_training
 from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,15 @@ class FastAT(Defense):
 
     Config = FastATConfig
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
         cfg, seeds = self.config, StepSeeds()
-        model, spec = build_model(model_name, splits, train_config.seed)
+        model, spec = build_model(model_name, splits, train.seed)
         stopper = RobustEarlyStop(splits.val.take(cfg.holdout), cfg.eps, cfg.holdout_steps, cfg.overfit_drop)
         state_file = Path(out_dir) / STATE_FILE
         if resume and state_file.exists():
             stopper.load(torch.load(state_file, map_location="cpu", weights_only=True))
-        local_splits, local_config = shard(splits, train_config)
+        local_splits, local_config = shard(splits, train)
         steps_per_epoch = -(-len(local_splits.train) // local_config.batch_size)
         counter = {"step": 0}
 
@@ -134,8 +134,8 @@ class FastAT(Defense):
                 if rank() == 0:
                     torch.save(stopper.state(), state_file)
 
-        metrics = train(self, model, spec, splits, train_config, out_dir, loss, run_config, resume,
-                        trainable=list(model.parameters()), after_step=after_step)
+        metrics = run_training(self, model, spec, splits, train, out_dir, loss, run_config, resume,
+                               trainable=list(model.parameters()), after_step=after_step)
         model.requires_grad_(True)
         trained = stopper.stopped_after or len(metrics["history"])
         metrics.update(holdout_pgd_accuracy=stopper.history, best_holdout_epoch=stopper.best_epoch,

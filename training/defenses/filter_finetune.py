@@ -16,7 +16,9 @@ from training.checkpoint import write_json
 from training.data import Splits
 from training.ddp import rank, unwrap
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, adversarial_split, auto_alpha, finalize, load_base, train
+from training.defenses.common import (
+    StepSeeds, adversarial_split, auto_alpha, finalize, load_base, run_training,
+)
 from training.defenses.dominant_filters import (
     conv_layers, eps_overlap, find_dominant_filters, plot_histograms, top_share,
 )
@@ -140,31 +142,27 @@ class FilterFinetune(Defense):
 
     Config = FilterFinetuneConfig
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
         cfg, out_dir = self.config, Path(out_dir)
         model, spec = load_base(cfg.base_run, model_name, self.name)
         began = time.perf_counter()
-        found = [find_dominant_filters(model, splits.val, spec.num_classes, cfg.fraction, cfg.per_class,
-                                       eps, cfg.identify_steps, cfg.top_fraction, train_config.seed)
-                 for eps in (cfg.identify_eps or cfg.eps, *cfg.overlap_eps)]
+        if cfg.fraction >= 1:  # every filter: full fine-tuning, nothing to identify
+            dominant = {name: list(range(conv.out_channels)) for name, conv in conv_layers(model)}
+        else:
+            dominant = self.identify(model, splits, spec.num_classes, train.seed, out_dir)
         identify = time.perf_counter() - began
-        main = found[0]
-        dominant = {name: layer["dominant"] for name, layer in main["layers"].items()}
-        if rank() == 0:
-            write_json(out_dir / "dominant_filters.json", {**main, "eps_overlap": eps_overlap(main, found[1:])})
-            plot_histograms(main, out_dir / "dominant_filters")
         mask = FilterMask(model, dominant, cfg.train_dense)
         table = parameter_table(model, dominant, cfg.train_dense)
         began = time.perf_counter()
         data = splits
         if cfg.data == "static":
-            adv = adversarial_split(model, splits.train, cfg.attack, cfg.eps, cfg.steps, seed=train_config.seed)
+            adv = adversarial_split(model, splits.train, cfg.attack, cfg.eps, cfg.steps, seed=train.seed)
             data = with_adversarial(splits, adv, cfg.include_clean)
         made = time.perf_counter() - began
-        config = replace(train_config, optimizer=cfg.optimizer)
-        metrics = train(self, model, spec, data, config, out_dir, self.batch_loss(), run_config, resume,
-                        trainable=mask.trainable, after_step=mask.restore)
+        config = replace(train, optimizer=cfg.optimizer)
+        metrics = run_training(self, model, spec, data, config, out_dir, self.batch_loss(), run_config,
+                               resume, trainable=mask.trainable, after_step=mask.restore)
         metrics.update(identify_seconds=round(identify, 2), adversarial_set_seconds=round(made, 2),
                        finetune_seconds=metrics["wall_seconds"],
                        wall_seconds=round(metrics["wall_seconds"] + identify + made, 2),
@@ -172,6 +170,19 @@ class FilterFinetune(Defense):
         if rank() == 0:
             write_json(out_dir / "trainable_parameters.json", table)
         return finalize(out_dir, model, spec, metrics)
+
+    def identify(self, model: nn.Module, splits: Splits, num_classes: int, seed: int,
+                 out_dir: Path) -> dict[str, list[int]]:
+        """Algorithm 1 at the main eps (and at `overlap_eps`); writes the JSON and the PNGs."""
+        cfg = self.config
+        found = [find_dominant_filters(model, splits.val, num_classes, cfg.fraction, cfg.per_class,
+                                       eps, cfg.identify_steps, cfg.top_fraction, seed)
+                 for eps in (cfg.identify_eps or cfg.eps, *cfg.overlap_eps)]
+        main = found[0]
+        if rank() == 0:
+            write_json(out_dir / "dominant_filters.json", {**main, "eps_overlap": eps_overlap(main, found[1:])})
+            plot_histograms(main, out_dir / "dominant_filters")
+        return {name: layer["dominant"] for name, layer in main["layers"].items()}
 
     def batch_loss(self):
         cfg, seeds = self.config, StepSeeds()

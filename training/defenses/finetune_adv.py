@@ -10,7 +10,7 @@ import torch
 
 from training.data import Split, Splits
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import adversarial_split, finalize, load_base, train
+from training.defenses.common import adversarial_split, finalize, load_base, run_training
 from training.trainer import TrainConfig, standard_loss
 
 
@@ -56,16 +56,16 @@ class FinetuneAdv(Defense):
 
     Config = FinetuneAdvConfig
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
         cfg = self.config
         model, spec = load_base(cfg.base_run, model_name, self.name)
         began = time.perf_counter()
         adversarial = adversarial_split(model, splits.train, cfg.attack, cfg.eps, cfg.steps,
-                                        seed=train_config.seed)
+                                        seed=train.seed)
         made = time.perf_counter() - began
         data = with_adversarial(splits, adversarial, cfg.include_clean)
-        metrics = train(self, model, spec, data, train_config, out_dir, standard_loss, run_config, resume)
+        metrics = run_training(self, model, spec, data, train, out_dir, standard_loss, run_config, resume)
         metrics.update(adversarial_set_seconds=round(made, 2),
                        wall_seconds=round(metrics["wall_seconds"] + made, 2))
         return finalize(out_dir, model, spec, metrics)

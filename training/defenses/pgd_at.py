@@ -11,7 +11,7 @@ from training.attacks import PGD
 from training.data import Splits
 from training.ddp import unwrap
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, auto_alpha, build_model, train
+from training.defenses.common import StepSeeds, auto_alpha, build_model, run_training
 from training.trainer import TrainConfig
 
 
@@ -67,8 +67,8 @@ class PGDAT(Defense):
 
         return loss
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
-        model, spec = build_model(model_name, splits, train_config.seed)
-        return train(self, model, spec, splits, train_config, out_dir, self.batch_loss(),
-                     run_config, resume)
+        model, spec = build_model(model_name, splits, train.seed)
+        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
+                            run_config, resume)

@@ -13,7 +13,7 @@ from training.attacks import eval_mode
 from training.data import Splits
 from training.ddp import unwrap
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, auto_alpha, build_model, project_linf, train
+from training.defenses.common import StepSeeds, auto_alpha, build_model, project_linf, run_training
 from training.trainer import TrainConfig
 
 
@@ -80,8 +80,8 @@ class TRADES(Defense):
 
         return loss
 
-    def fit(self, model_name: str, splits: Splits, train_config: TrainConfig, out_dir: Path,
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
-        model, spec = build_model(model_name, splits, train_config.seed)
-        return train(self, model, spec, splits, train_config, out_dir, self.batch_loss(),
-                     run_config, resume)
+        model, spec = build_model(model_name, splits, train.seed)
+        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
+                            run_config, resume)

@@ -1,13 +1,41 @@
 """Fixtures for the defence tests: one small Fashion-MNIST subset, a standard mnist-shallow
-model trained on it (the baseline every defence is compared with), and attack accuracies."""
+model trained on it (the baseline every defence is compared with), and attack accuracies.
+
+Everything here trains with one intra-op thread: on this 2-core machine shared with other
+jobs, torch's 2-thread kernels measured ~20x slower per batch than 1 thread for these small
+models (threads spin waiting for each other), and the thread count is restored afterwards.
+"""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 
 EPOCHS, BATCH, LR = 2, 64, 3e-3
+
+
+@contextlib.contextmanager
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_tests():
+    with _one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def one_thread():
+    """A context manager for module- and session-scoped fixtures that train."""
+    return _one_thread
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +61,8 @@ def standard_run(tmp_path_factory, defense_splits, train_config) -> Path:
 
     out = tmp_path_factory.mktemp("defenses") / "standard"
     model, spec = build_model("mnist-shallow", defense_splits, train_config.seed)
-    fit(model, spec, defense_splits, train_config, out)
+    with _one_thread():
+        fit(model, spec, defense_splits, train_config, out)
     return out
 
 
@@ -57,4 +86,5 @@ def robust_accuracy(defense_splits):
 def standard_pgd_accuracy(standard_run, robust_accuracy) -> float:
     from training.checkpoint import load_model
 
-    return robust_accuracy(load_model(standard_run)[0])
+    with _one_thread():
+        return robust_accuracy(load_model(standard_run)[0])

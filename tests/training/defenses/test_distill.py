@@ -14,11 +14,12 @@ T = 20.0
 
 
 @pytest.fixture(scope="module")
-def distilled(tmp_path_factory, defense_splits):
+def distilled(tmp_path_factory, defense_splits, one_thread):
     out = tmp_path_factory.mktemp("distill")
     config = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
-    metrics = create_defense("distill", {"temperature": str(T), "paper_schedule": "false"}).fit(
-        "mnist-shallow", defense_splits, config, out)
+    with one_thread():
+        metrics = create_defense("distill", {"temperature": str(T), "paper_schedule": "false"}).fit(
+            "mnist-shallow", defense_splits, config, out)
     return out, metrics
 
 

@@ -7,10 +7,11 @@ from training.defenses.fast_at import RobustEarlyStop, fgsm_random_start
 
 
 @pytest.fixture(scope="module")
-def fast_run(tmp_path_factory, defense_splits, train_config):
+def fast_run(tmp_path_factory, defense_splits, train_config, one_thread):
     out = tmp_path_factory.mktemp("fast-at")
-    metrics = create_defense("fast-at", {"eps": "0.1", "holdout": "200", "holdout_steps": "5"}).fit(
-        "mnist-shallow", defense_splits, train_config, out)
+    with one_thread():
+        metrics = create_defense("fast-at", {"eps": "0.1", "holdout": "200", "holdout_steps": "5"}).fit(
+            "mnist-shallow", defense_splits, train_config, out)
     return out, metrics
 
 

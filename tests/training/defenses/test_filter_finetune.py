@@ -16,10 +16,11 @@ OPTIONS = {"fraction": "0.2", "attack": "pgd", "eps": "0.1", "steps": "3", "per_
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, defense_splits, standard_run):
+def finetuned(tmp_path_factory, defense_splits, standard_run, one_thread):
     out = tmp_path_factory.mktemp("filter-finetune")
-    metrics = create_defense("filter-finetune", {"base_run": str(standard_run), **OPTIONS}).fit(
-        "mnist-shallow", defense_splits, TrainConfig(epochs=1, batch_size=64, lr=3e-3), out)
+    with one_thread():
+        metrics = create_defense("filter-finetune", {"base_run": str(standard_run), **OPTIONS}).fit(
+            "mnist-shallow", defense_splits, TrainConfig(epochs=1, batch_size=64, lr=3e-3), out)
     return out, metrics
 
 

@@ -13,7 +13,7 @@ def test_finetune_on_a_premade_fgsm_set_resists_that_set(tmp_path, defense_split
     x, y = defense_splits.test.x, defense_splits.test.y
     x_adv = FGSM(base, eps=0.1)(x, y)  # made once, from the base model: the inoculation setting
     metrics = create_defense("finetune-adv", {"base_run": str(standard_run), "attack": "fgsm"}).fit(
-        "mnist-shallow", defense_splits, TrainConfig(epochs=1, batch_size=64, lr=1e-3), tmp_path)
+        "mnist-shallow", defense_splits, TrainConfig(epochs=1, batch_size=64, lr=3e-3), tmp_path)
     tuned, _ = load_model(tmp_path)
     with torch.no_grad():
         before = (base(x_adv).argmax(1) == y).float().mean().item()

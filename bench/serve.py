@@ -1,0 +1,203 @@
+"""`python -m bench.serve`: serving throughput and latency side by side, one run, one bundle.
+
+(a) the guarded pipeline in-process (ONNX Runtime, no server), in batches of 1, 8, 32, 256;
+(b) grpc.health Check on our server: the transport floor of this server;
+(c) unary Classify (one uint8 28x28 tensor per call), unguarded and guarded;
+(d) ClassifyBatch with 256 images per message, and ClassifyStream (one image per message,
+    up to 256 in flight per stream);
+(e) TorchServe REST, once the bundle ships a .mar (otherwise "n/a");
+each of (b)-(d) at concurrency 1, 8 and 32 from one asyncio client process on the same machine,
+then the ratios against the goals. Example:
+    python -m bench.serve --store model_store --model fmnist-cnn
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.loadgen import LoadResult, run_load
+from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+
+CONCURRENCY = (1, 8, 32)
+BATCH = 256
+
+
+def clean_images(n: int) -> np.ndarray:
+    from training.data.mnist_family import load_fashion_mnist
+
+    _, _, test_images, _ = load_fashion_mnist()
+    return np.ascontiguousarray(test_images[:n, None])  # uint8 N x 1 x 28 x 28
+
+
+def row(section: str, name: str, c, result: LoadResult, per_call: int = 1, unit: str = "") -> dict:
+    return {"section": section, "name": name, "c": c, "calls": result.ok, "errors": result.errors,
+            "rate": result.rate * per_call, "unit": unit or ("img/s" if per_call > 1 else "req/s"),
+            "p50_ms": result.percentile(50) * 1e3, "p99_ms": result.percentile(99) * 1e3}
+
+
+def bench_in_process(bundle: Path, images: np.ndarray, threads: int) -> list[dict]:
+    from serving.engine import EngineOptions
+    from serving.pipeline import Pipeline
+
+    pipeline = Pipeline.load(bundle, EngineOptions(threads=threads))
+    x = images.astype(np.float32) / 255
+    rows = []
+    for size in (1, 8, 32, BATCH):
+        result, batch = LoadResult(), x[:size]
+        pipeline.run(batch)
+        began = time.perf_counter()
+        while time.perf_counter() - began < 3.0 or len(result.latencies) < 5:
+            t = time.perf_counter()
+            pipeline.run(batch)
+            result.latencies.append(time.perf_counter() - t)
+            result.codes["OK"] += 1
+        result.seconds = time.perf_counter() - began
+        rows.append(row("a", f"in-process guarded pipeline, batch {size}", "-", result, size))
+    return rows
+
+
+async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
+    rows = []
+    tensors = [guard_pb2.Image(tensor=guard_pb2.Tensor(shape=[1, 28, 28], dtype=guard_pb2.DTYPE_UINT8,
+                                                       data=x.tobytes())) for x in images]
+    batch = guard_pb2.ClassifyBatchRequest(model=model, batch=guard_pb2.Tensor(
+        shape=[BATCH, 1, 28, 28], dtype=guard_pb2.DTYPE_UINT8, data=images[:BATCH].tobytes()))
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = guard_pb2_grpc.GuardedClassifierStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest()
+        await run_load(lambda i: health.Check(check), 200, 8)  # warm the channel
+        for c in CONCURRENCY:
+            rows.append(row("b", "grpc.health Check", c, await run_load(lambda i: health.Check(check), calls[c], c)))
+        for guard in (False, True):
+            requests = [guard_pb2.ClassifyRequest(model=model, image=t, skip_guard=not guard) for t in tensors]
+            for c in CONCURRENCY:
+                result = await run_load(lambda i: stub.Classify(requests[i % len(requests)], timeout=60), calls[c], c)
+                rows.append(row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, result))
+        for c in CONCURRENCY:
+            result = await run_load(lambda i: stub.ClassifyBatch(batch, timeout=300), max(8, c), c)
+            rows.append(row("d", f"ClassifyBatch guarded, {BATCH}/message", c, result, BATCH))
+        for c in CONCURRENCY:
+            rows.append(await bench_stream(stub, model, tensors, c, max(1024 // c, BATCH)))
+    return rows
+
+
+async def bench_stream(stub, model: str, tensors: list, c: int, per_stream: int) -> dict:
+    """c streams of `per_stream` one-image messages; latency per image, send to answer."""
+    result = LoadResult()
+
+    async def one_stream() -> None:
+        sent: list[float] = []
+
+        async def requests():
+            for i in range(per_stream):
+                sent.append(time.perf_counter())
+                yield guard_pb2.ClassifyRequest(model=model, image=tensors[i % len(tensors)])
+
+        i = 0
+        async for reply in stub.ClassifyStream(requests(), timeout=600):
+            if reply.error.code:
+                result.codes[str(reply.error.code)] += 1
+            else:
+                result.latencies.append(time.perf_counter() - sent[i])
+                result.codes["OK"] += 1
+            i += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one_stream() for _ in range(c)))
+    result.seconds = time.perf_counter() - began
+    return row("d", f"ClassifyStream guarded, 1/message, {per_stream}/stream", c, result, unit="img/s")
+
+
+def torchserve_rows(bundle: Path) -> list[dict]:
+    mars = sorted(bundle.glob("*.mar"))
+    if not mars:
+        return [{"section": "e", "name": "TorchServe REST", "note": "n/a: no .mar yet"}]
+    return [{"section": "e", "name": "TorchServe REST", "note": f"n/a: {mars[0].name} found; TorchServe runner not built yet"}]
+
+
+def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--no-metrics",
+           "--poll-seconds", "0", "--threads", str(args.threads), "--instances", str(args.instances),
+           "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
+           "--max-queue-size", str(BATCH * 64), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("advguard ready "):
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)})")
+    return proc, json.loads(line[len("advguard ready "):])["port"]
+
+
+def report(rows: list[dict]) -> None:
+    print(f"{'':2} {'what':52} {'c':>3} {'calls':>6} {'err':>4} {'rate':>10} {'unit':6} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        if "note" in r:
+            print(f"({r['section']}) {r['name']:52} {r['note']}")
+            continue
+        print(f"({r['section']}) {r['name']:52} {r['c']:>3} {r['calls']:>6} {r['errors']:>4} {r['rate']:>10.0f} "
+              f"{r['unit']:6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+
+    def get(section: str, prefix: str, c) -> dict:
+        return next(r for r in rows if r["section"] == section and r["name"].startswith(prefix) and r.get("c") == c)
+
+    raw = get("a", f"in-process guarded pipeline, batch {BATCH}", "-")["rate"]
+    guarded, health = get("c", "Classify guarded", 32), get("b", "grpc.health", 32)
+    best_batch = max(get("d", "ClassifyBatch", c)["rate"] for c in CONCURRENCY)
+    best_stream = max(get("d", "ClassifyStream", c)["rate"] for c in CONCURRENCY)
+    print("\nratios (goal in brackets):")
+    print(f"  guarded Classify c=32 / health Check c=32: {guarded['rate'] / health['rate']:.2f}  [>= 0.50]")
+    print(f"  guarded Classify c=32 p99: {guarded['p99_ms']:.1f} ms  [<= 10 ms]")
+    print(f"  ClassifyBatch best / in-process batch {BATCH}: {best_batch / raw:.2f}  [>= 0.60]")
+    print(f"  ClassifyStream best / in-process batch {BATCH}: {best_stream / raw:.2f}  [>= 0.60]")
+    print(f"  guarded Classify c=32 / in-process batch {BATCH}: {guarded['rate'] / raw:.2f}  (share of the model's capacity)")
+    print("  guarded Classify c=32 / TorchServe: n/a (no .mar yet)  [>= 5]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default="model_store")
+    p.add_argument("--model", default="fmnist-cnn")
+    p.add_argument("--version", default="", help="default: the latest")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (server and in-process)")
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
+    args = p.parse_args(argv)
+    from serving.bundle import version_dirs
+
+    folders = version_dirs(Path(args.store), args.model)
+    bundle = next((f for f in folders if f.name == args.version), folders[-1] if folders else None)
+    if bundle is None:
+        raise SystemExit(f"no bundle {args.model} in {args.store}: run `make bundle`")
+    print(f"bundle {bundle}; {platform.node()} {os.cpu_count()} CPUs; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; server --threads {args.threads} --instances "
+          f"{args.instances} --max-batch-size {args.max_batch_size} --max-queue-delay-us {args.max_queue_delay_us}")
+    images = clean_images(1024)
+    rows = bench_in_process(bundle, images, args.threads)
+    proc, port = start_server(args, ["--default-model", args.model])
+    try:
+        calls = {c: int(n * args.scale) for c, n in {1: 500, 8: 1000, 32: 2000}.items()}
+        rows += asyncio.run(bench_grpc(f"127.0.0.1:{port}", args.model, images, calls))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    rows += torchserve_rows(bundle)
+    report(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

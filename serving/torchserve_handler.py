@@ -1,0 +1,90 @@
+"""TorchServe custom handler: the same core as the gRPC server (bundle verification, input
+checks, ONNX Runtime, guard), behind TorchServe's REST API.
+
+The .mar (built by `advguard export --torchserve`) carries the bundle's model.onnx and
+manifest.json; this module comes from the installed advguard package, so the handler and the
+gRPC server run the same guard code. Each request body is one PNG or JPEG image; the answer is
+a JSON object per image. Bad input gets HTTP 400 with the reason, per request of a batch.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from serving.pipeline import Pipeline, verdict_name
+from serving.preprocess import InputError, Limits, decode_image
+
+log = logging.getLogger(__name__)
+
+
+class AdvguardHandler:
+    """Loads the bundle from the unpacked .mar once; `handle` classifies a TorchServe batch."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.limits = Limits()
+
+    def initialize(self, context: Any) -> None:
+        model_dir = context.system_properties.get("model_dir")
+        self.pipeline = Pipeline.load(model_dir)
+        self.pipeline.warm_up()
+        log.info("advguard handler loaded %s version %s", self.pipeline.bundle.name, self.pipeline.bundle.version)
+
+    def _body(self, row: Any) -> bytes:
+        body = row.get("data") or row.get("body") if isinstance(row, dict) else row
+        if isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        if isinstance(body, str):
+            raise InputError("send the image as the raw request body (PNG or JPEG bytes), not as text")
+        if not isinstance(body, bytes):
+            raise InputError("request has no image body: POST the PNG or JPEG bytes as the body "
+                             "(curl -T image.png), not as a form")
+        return body
+
+    def handle(self, data: list, context: Any) -> list:
+        assert self.pipeline is not None
+        answers: list[Any] = [None] * len(data)
+        arrays, index = [], []
+        for i, row in enumerate(data):
+            try:
+                arrays.append(decode_image(self._body(row), self.pipeline.bundle.input, self.limits))
+                index.append(i)
+            except InputError as err:
+                context.set_response_status(code=400, phrase=str(err), idx=i)
+                answers[i] = {"error": str(err), "code": 400}
+        if arrays:
+            result = self.pipeline.run(np.stack(arrays))
+            for j, i in enumerate(index):
+                answers[i] = self._answer(result, j)
+        return answers
+
+    def _answer(self, result, j: int) -> dict:
+        assert self.pipeline is not None
+        cls = int(result.classes[j])
+        answer = {"class_index": cls, "class_name": self.pipeline.labels[cls],
+                  "probabilities": [float(p) for p in result.probs[j]],
+                  "model": self.pipeline.bundle.name, "model_version": self.pipeline.bundle.version,
+                  "answered_by": str(result.answered_by[j])}
+        if result.guard is not None:
+            answer["verdict"] = verdict_name(result.guard.verdicts[j]).upper()
+            answer["attack_score"] = float(result.guard.attack_scores[j])
+            answer["detectors"] = [{"name": o.name, "score": float(o.scores[j]), "threshold": float(o.threshold),
+                                    "flagged": bool(o.flagged[j])} for o in result.guard.outcomes]
+        if bool(result.rejected[j]):
+            answer.pop("class_index"), answer.pop("class_name")
+            answer["rejected"] = True
+        return answer
+
+
+_service = AdvguardHandler()
+
+
+def handle(data: list | None, context: Any) -> list | None:
+    """TorchServe's entry point (module-level handler)."""
+    if _service.pipeline is None:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

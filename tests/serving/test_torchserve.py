@@ -1,0 +1,106 @@
+"""TorchServe (real Java server on loopback) serving an advguard .mar with our handler."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.pipeline import Pipeline, verdict_name
+from serving.preprocess import decode_image
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if b"READY" in reply.read():
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"TorchServe model not READY at {url}")
+
+
+@pytest.fixture(scope="module")
+def torchserve(trained_run, tmp_path_factory):
+    from training.export import export_bundle
+    from training.export.calibrate import GuardSpec
+    from training.export.torchserve import add_mar_to_bundle
+
+    if shutil.which("java") is None:
+        pytest.fail("TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)")
+    work = tmp_path_factory.mktemp("torchserve")
+    bundle = export_bundle(trained_run, name="tsmodel", store=work / "store",
+                           guard=GuardSpec(detectors=("feature-squeezing", "low-confidence"), max_images=500))
+    mar = add_mar_to_bundle(bundle)
+    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    config = work / "config.properties"
+    config.write_text("\n".join([f"{name}_address=http://127.0.0.1:{port}" for name, port in ports.items()]
+                                + ["default_workers_per_model=1", "disable_system_metrics=true"]) + "\n")
+    proc = subprocess.Popen([str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+                             "--ts-config", str(config), "--model-store", str(mar.parent),
+                             "--models", f"tsmodel={mar.name}"],
+                            cwd=work, stdout=open(work / "ts.log", "w"), stderr=subprocess.STDOUT,
+                            env={"PATH": f"{BIN}:/usr/bin:/bin", "JAVA_HOME": "/usr/lib/jvm/default-java"}
+                            if Path("/usr/lib/jvm/default-java").exists() else None)
+    try:
+        wait_ready(f"http://127.0.0.1:{ports['management']}/models/tsmodel", time.monotonic() + 120)
+        yield {"url": f"http://127.0.0.1:{ports['inference']}/predictions/tsmodel", "bundle": bundle}
+    finally:
+        subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=work, capture_output=True, timeout=60)
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_torchserve_answers_like_the_grpc_core(torchserve, fmnist_small):
+    pipeline = Pipeline.load(torchserve["bundle"])
+    for i in range(8):
+        body = png(fmnist_small.test.x[i, 0].numpy())
+        status, answer = post(torchserve["url"], body)
+        assert status == 200, answer
+        expected = pipeline.run(decode_image(body, pipeline.bundle.input)[None])
+        assert answer["class_index"] == int(expected.classes[0])
+        assert np.allclose(answer["probabilities"], expected.probs[0], atol=1e-5)
+        assert answer["verdict"] == verdict_name(expected.guard.verdicts[0]).upper()
+        assert [d["name"] for d in answer["detectors"]] == [o.name for o in expected.guard.outcomes]
+
+
+def test_torchserve_bad_bytes_get_400_with_reason(torchserve):
+    status, answer = post(torchserve["url"], b"definitely not an image")
+    assert status == 400
+    assert "not a PNG or JPEG" in answer["error"]

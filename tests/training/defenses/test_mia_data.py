@@ -1,0 +1,98 @@
+"""The MIA augmented data set: labels (adversarial -> index 10), shares, pool balance, bagging."""
+import pytest
+import torch
+
+from training.data import Split
+from training.defenses.mia_data import (
+    adversarial_count, augmented, bootstraps, craft_per_attack, craft_pool, parse_attacks,
+)
+from training.models import create_model
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def clean(fmnist_small):
+    return fmnist_small.train.take(300)
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(0)
+    return create_model("mia-target", mean=(0.286,), std=(0.353,)).eval()
+
+
+@pytest.fixture(scope="module")
+def pool(source, clean):
+    attacks = parse_attacks(f"fgsm:eps={EPS},pgd:eps={EPS};steps=2;alpha=0.05")
+    return craft_pool(source, clean, attacks, size=adversarial_count(len(clean), 0.5), seed=0)
+
+
+def test_attack_specs_parse_into_typed_configs(source):
+    specs = parse_attacks("gma:values=0.1|0.5;steps=5, pgd:eps=0.03;steps=7, cw")
+    assert [s.name for s in specs] == ["gma", "pgd", "cw"]
+    assert dict(specs[0].options) == {"values": "0.1,0.5", "steps": "5"}
+    pgd = specs[1].build(source)
+    assert pgd.config.eps == 0.03 and pgd.config.steps == 7 and isinstance(pgd.config.steps, int)
+    with pytest.raises(ValueError, match="once"):
+        parse_attacks("fgsm,fgsm")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_attacks("pgd:eps")
+
+
+def test_augmented_set_keeps_clean_labels_and_labels_adversarial_10(clean, pool):
+    aug = augmented(clean, pool, share=0.4, num_classes=10)
+    n_adv = adversarial_count(len(clean), 0.4)
+    assert n_adv == 200 and len(aug) == len(clean) + n_adv
+    assert abs(n_adv / len(aug) - 0.4) < 1e-9
+    assert torch.equal(aug.y[:len(clean)], clean.y) and torch.equal(aug.x[:len(clean)], clean.x)
+    assert (aug.y[len(clean):] == 10).all()
+    assert torch.equal(aug.x[len(clean):], pool.x[:n_adv])
+
+
+def test_pool_images_are_real_attacks_on_their_source_images(clean, pool):
+    origin = clean.x[pool.source_index]
+    assert torch.equal(pool.y, clean.y[pool.source_index])  # the true class is kept alongside
+    linf = (pool.x - origin).flatten(1).abs().max(dim=1).values
+    assert (linf <= EPS + 1e-6).all() and (linf > EPS / 2).all()
+    assert pool.fooled.any()
+
+
+def test_pool_prefixes_are_balanced_and_shares_nest(clean, pool):
+    for n in (10, 45, 100, len(pool)):
+        counts = torch.bincount(pool.attack[:n], minlength=2)
+        assert counts.max() - counts.min() <= 1
+    small = augmented(clean, pool, 0.25, 10)
+    large = augmented(clean, pool, 0.5, 10)
+    assert torch.equal(large.x[:len(small)], small.x)  # each EAT cycle adds to the previous one
+
+
+def test_share_beyond_the_pool_and_only_fooled(clean, pool):
+    with pytest.raises(ValueError, match="needs"):
+        augmented(clean, pool, 0.6, 10)
+    fooled = pool.select(pool.fooled)
+    share = len(fooled) / (len(fooled) + len(clean)) * 0.99
+    aug = augmented(clean, pool, share, 10, only_fooled=True)
+    adv = aug.x[len(clean):]
+    assert torch.equal(adv, fooled.x[:len(adv)])
+
+
+def test_per_attack_test_sets_attack_every_image_once_per_attack(source, clean):
+    attacks = parse_attacks(f"fgsm:eps={EPS},pgd:eps={EPS};steps=1;alpha={EPS}")
+    sets = craft_per_attack(source, clean.take(20), attacks)
+    assert len(sets) == 40 and sets.names == ("fgsm", "pgd")
+    assert torch.equal(sets.of("pgd").source_index, torch.arange(20))
+
+
+def test_bootstraps_sample_with_replacement():
+    x = torch.arange(500, dtype=torch.float32).view(500, 1, 1, 1) / 500
+    split = Split(x, torch.arange(500) % 11)
+    samples = bootstraps(split, 3, seed=0)
+    assert len(samples) == 3 and all(len(s) == 500 for s in samples)
+    for s in samples:
+        index = (s.x.flatten() * 500).round().long()
+        assert torch.equal(s.y, index % 11)           # rows stay whole
+        assert len(index.unique()) < 450               # repeats: drawn with replacement
+    assert not torch.equal(samples[0].x, samples[1].x)
+    again = bootstraps(split, 3, seed=0)
+    assert all(torch.equal(a.x, b.x) for a, b in zip(samples, again))

@@ -1,0 +1,46 @@
+"""Package a bundle as a TorchServe model archive (.mar) with advguard's handler."""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import json
+
+from serving.bundle import MANIFEST, load_bundle, sha256_file
+
+log = logging.getLogger(__name__)
+HANDLER = Path(__file__).resolve().parents[2] / "serving" / "torchserve_handler.py"
+
+
+def build_mar(bundle_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write `<name>.mar` (model.onnx + manifest.json + the handler) next to the bundle, or in
+    `out_dir`. Returns the archive's path. Needs torch-model-archiver (installed by make setup)."""
+    bundle = load_bundle(bundle_dir)
+    out_dir = Path(out_dir or bundle_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archiver = shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver")
+    files = [str(bundle.path / MANIFEST)] + [str(bundle.path / m.file) for m in bundle.models]
+    command = [archiver, "--model-name", bundle.name, "--version", bundle.version,
+               "--handler", str(HANDLER), "--extra-files", ",".join(files),
+               "--export-path", str(out_dir), "--force"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torch-model-archiver failed ({done.returncode}): {done.stderr.strip()}")
+    mar = out_dir / f"{bundle.name}.mar"
+    log.info("wrote %s", mar)
+    return mar
+
+
+def add_mar_to_bundle(bundle_dir: Path) -> Path:
+    """Build the .mar inside the bundle folder and record it (file, SHA-256) in the manifest's
+    `archives`. The archive holds the manifest as it was before this entry."""
+    bundle_dir = Path(bundle_dir)
+    mar = build_mar(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["archives"] = [{"file": mar.name, "sha256": sha256_file(mar), "kind": "torchserve"}]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return mar
