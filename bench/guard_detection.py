@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True, help="bundle version folder (with calibrated detectors)")
     p.add_argument("--n", type=int, default=1000, help="test images")
     p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--attacks", default="fgsm,pgd", help="comma-separated; 'none': clean images only")
     args = p.parse_args(argv)
     import torch
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * (3 + 2 * len(names)))
     print(f"| clean | {clean['accuracy']:.1%} | - | " + " | ".join(
         f"{clean[n][0]:.1%} (false positives) | -" for n in names) + " |")
-    for attack in ("fgsm", "pgd"):
+    for attack in [a for a in args.attacks.split(",") if a in ("fgsm", "pgd")]:
         began = time.perf_counter()
         x_adv = attack_images(model, test.x, test.y, attack, args.eps).numpy()
         r = rates(pipeline, x_adv, y, clean_pred)

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fpr", type=float, default=0.05, help="clean false-positive rate per detector")
     p.add_argument("--guard-policy", default="any", choices=["any", "majority"])
     p.add_argument("--guard-action", default="flag", choices=["flag", "reject", "fallback"])
-    p.add_argument("--squeeze-bits", type=int, default=4, help="feature squeezing's bit depth (1..7)")
+    p.add_argument("--squeeze-bits", type=int, default=2, help="feature squeezing's bit depth (1..7)")
     p.add_argument("--calibration-images", type=int, default=None,
                    help="validation images to calibrate on (default: all)")
     p.set_defaults(func=cmd_export)

@@ -2,8 +2,9 @@
 
 Every function takes pixel rows in [0, 1] and returns one float64 value per row:
 `x` is ... x P (P pixels of a slice, channels included) and `ref` is ... x P or broadcastable.
-They use only ops that ONNX exports (histograms are one-hot sums and a matmul, no scatter),
-in float64, so that PyTorch and ONNX Runtime rank slices identically (see `sort_key`).
+They use only ops that ONNX exports (histograms are one-hot sums and a matmul, no scatter);
+histogram counts are exact (float32 small integers) and every metric is computed in float64,
+so that PyTorch and ONNX Runtime rank slices identically (see `sort_key`).
 
 Definitions (the paper's formulas are garbled in places; these are the readings we chose):
 - entropy: Shannon entropy (nats) of the `bins`-bin intensity histogram;
@@ -26,14 +27,18 @@ KEY_SCALE = 2.0 ** 20  # metrics are rounded to 2^-20 before ranking (ties -> lo
 
 
 def _histogram_onehot(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """... x P in [0, 1] -> ... x P x bins one-hot of the intensity bin (float64)."""
-    index = torch.clamp(torch.floor(x.double() * bins), 0, bins - 1)
-    centers = torch.arange(bins, dtype=torch.float64, device=x.device)
-    return (index.unsqueeze(-1) == centers).double()
+    """... x P in [0, 1] -> ... x P x bins one-hot of the intensity bin.
+
+    float32 is exact here (x * bins is an exact power-of-two scaling, counts are small
+    integers), which keeps the histograms cheap; the entropies are taken in float64.
+    """
+    index = torch.clamp(torch.floor(x.float() * bins), 0, bins - 1)
+    centers = torch.arange(bins, dtype=torch.float32, device=x.device)
+    return (index.unsqueeze(-1) == centers).float()
 
 
 def _entropy_of_counts(counts: torch.Tensor, total: float) -> torch.Tensor:
-    p = counts / total
+    p = counts.double() / total
     return -(p * torch.log(p + (p == 0).double())).sum(-1)
 
 
@@ -42,27 +47,32 @@ def entropy(x: torch.Tensor, bins: int = 16) -> torch.Tensor:
     return _entropy_of_counts(counts, float(x.shape[-1]))
 
 
+def _joint_counts(onehot_x: torch.Tensor, onehot_ref: torch.Tensor) -> torch.Tensor:
+    """... x P x B one-hots (ref broadcastable) -> ... x B*B joint histogram counts."""
+    return torch.matmul(onehot_x.transpose(-1, -2), onehot_ref).flatten(-2)
+
+
 def joint_entropy(x: torch.Tensor, ref: torch.Tensor, bins: int = 16) -> torch.Tensor:
-    ref = ref.expand_as(x)
-    joint = torch.matmul(_histogram_onehot(x, bins).transpose(-1, -2), _histogram_onehot(ref, bins))
-    return _entropy_of_counts(joint.flatten(-2), float(x.shape[-1]))
+    joint = _joint_counts(_histogram_onehot(x, bins), _histogram_onehot(ref, bins))
+    return _entropy_of_counts(joint, float(x.shape[-1]))
 
 
 def mutual_information(x: torch.Tensor, ref: torch.Tensor, bins: int = 16) -> torch.Tensor:
-    ref = ref.expand_as(x)
-    return entropy(x, bins) + entropy(ref, bins) - joint_entropy(x, ref, bins)
+    hx, hr = _histogram_onehot(x, bins), _histogram_onehot(ref, bins)
+    total = float(x.shape[-1])
+    joint = _entropy_of_counts(_joint_counts(hx, hr), total)
+    return _entropy_of_counts(hx.sum(-2), total) + _entropy_of_counts(hr.sum(-2), total) - joint
 
 
 def kl_divergence(x: torch.Tensor, ref: torch.Tensor, bins: int = 16) -> torch.Tensor:
-    ref = ref.expand_as(x)
     smooth = float(x.shape[-1] + bins)
-    p = (_histogram_onehot(x, bins).sum(-2) + 1.0) / smooth
-    q = (_histogram_onehot(ref, bins).sum(-2) + 1.0) / smooth
+    p = (_histogram_onehot(x, bins).sum(-2).double() + 1.0) / smooth
+    q = (_histogram_onehot(ref, bins).sum(-2).double() + 1.0) / smooth
     return (p * torch.log(p / q)).sum(-1)
 
 
 def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    x, ref = x.double(), ref.double().expand_as(x)
+    x, ref = x.double(), ref.double()
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     mu_x, mu_r = x.mean(-1), ref.mean(-1)
     dx, dr = x - mu_x.unsqueeze(-1), ref - mu_r.unsqueeze(-1)

@@ -131,9 +131,3 @@ def tools():
 
     return SimpleNamespace(start_server=start_server, clone_bundle=clone_bundle)
 
-
-# DEV-ONLY-REMOVE-ME
-if os.environ.get("ADVGUARD_DEV_RUN"):
-    @pytest.fixture(scope="session")
-    def trained_run():
-        return Path(os.environ["ADVGUARD_DEV_RUN"])

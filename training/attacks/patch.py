@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class PatchConfig(AttackConfig):
     scale: float = 0.1
     epochs: int = 5
-    lr: float = 0.05
+    lr: float = 0.1
     batch_size: int = 128
     rotate: bool = True
     row: int = -1
@@ -80,7 +80,7 @@ class AdversarialPatch(Attack):
     place per image (seeded). Only the patch's square changes.
 
     Args (PatchConfig): scale=0.1 (share of the image covered, 0.05..0.25), epochs=5,
-        lr=0.05, batch_size=128, rotate=True, row=-1, col=-1, targeted=False, seed=0.
+        lr=0.1, batch_size=128, rotate=True, row=-1, col=-1, targeted=False, seed=0.
     Shape: x (N, C, H, W) in [0, 1]; y (N,); `patch` is (C, s, s).
     Example: `attack = AdversarialPatch(model, scale=0.1).fit(x_train, y_train); x_adv = attack(x, y)`
     """

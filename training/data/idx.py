@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from serving.bundle import sha256_file
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -18,14 +19,6 @@ class DataIntegrityError(ValueError):
     """A data file does not match its expected SHA-256."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_idx(path: Path, expected_sha256: str | None = None) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) into an array.
 
@@ -35,7 +28,7 @@ def read_idx(path: Path, expected_sha256: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     if expected_sha256 is not None:
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != expected_sha256:
             raise DataIntegrityError(
                 f"{path} has SHA-256 {actual}, expected {expected_sha256}: "

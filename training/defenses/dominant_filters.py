@@ -143,9 +143,10 @@ def plot_histograms(result: dict, out_dir: Path) -> list[Path]:
                                         gridspec_kw={"height_ratios": [2, 1]})
         colors = ["tab:red" if i in layer["dominant"] else "tab:gray" for i in range(layer["filters"])]
         top.bar(range(layer["filters"]), layer["counts"], color=colors)
-        top.set(title=f"conv layer {name}: filters in a pair's top {result['top_fraction']:.0%} "
-                      f"(eps={result['eps']}, {result['pairs']} pairs; red: dominant)",
-                xlabel="filter id", ylabel="frequency")
+        top.set_title(f"conv layer {name}: how often each filter is in a pair's top "
+                      f"{result['top_fraction']:.0%}\n(eps={result['eps']}, {result['pairs']} pairs; "
+                      f"red: the {result['fraction']:.0%} dominant)", fontsize=9)
+        top.set(xlabel="filter id", ylabel="frequency")
         grid.imshow(torch.tensor(layer["class_counts"]).float(), aspect="auto", cmap="viridis")
         grid.set(xlabel="filter id", ylabel="class")
         fig.tight_layout()

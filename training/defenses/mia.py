@@ -53,6 +53,7 @@ class MIAConfig(DefenseConfig):
         only_fooled: put only adversarial images that fooled the source model in the set.
         tie_break: 'probability' | 'adversarial' (see `training.models.mia_ensemble`).
         eval_size: test images attacked per attack for the metrics (0: the whole test split).
+        val_size: validation images used (clean, plus their adversarial share; 0: all).
         attack_batch: batch size of the attacks.
     """
 
@@ -70,6 +71,7 @@ class MIAConfig(DefenseConfig):
     only_fooled: bool = False
     tie_break: str = "probability"
     eval_size: int = 0
+    val_size: int = 0
     attack_batch: int = 256
 
     def __post_init__(self) -> None:
@@ -83,8 +85,8 @@ class MIAConfig(DefenseConfig):
             raise ValueError("need at least one member architecture, n_bootstraps >= 1, bootstrap_fraction > 0")
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"unknown tie_break {self.tie_break!r}; known: {', '.join(TIE_BREAKS)}")
-        if min(self.eat_epochs, self.member_epochs, self.source_epochs, self.eval_size) < 0:
-            raise ValueError("epochs and eval_size must be >= 0")
+        if min(self.eat_epochs, self.member_epochs, self.source_epochs, self.eval_size, self.val_size) < 0:
+            raise ValueError("epochs, eval_size and val_size must be >= 0")
 
 
 def _trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig,
@@ -106,6 +108,8 @@ class MIADefense(Defense):
         from training.train_cli import model_spec_for
 
         cfg, out, began = self.config, Path(out_dir), time.perf_counter()
+        if cfg.val_size:
+            splits = Splits(splits.train, splits.val.take(cfg.val_size), splits.test, splits.labels, splits.name)
         out.mkdir(parents=True, exist_ok=True)
         record = {**(run_config or {}), **self.describe()}
         write_json(out / "config.json", {"train": asdict(train), **record})

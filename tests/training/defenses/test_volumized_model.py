@@ -1,4 +1,5 @@
 """The 3D CNN built from a 2D spec: layer conversion, per-slice head, PAL, aggregation."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,3 +59,26 @@ def test_registered_spec_rebuilds_the_same_architecture():
     model = create_model(spec)
     assert model.volumizer.config.metric == "kl" and model.aggregation == "mean_prob"
     assert model.slice_logits(torch.rand(2, 1, 28, 28)).shape == (2, 4, 10)
+
+
+class _LabelFromPixel(nn.Module):
+    """Predicts the class written in pixel (0, 0) as value / 10 (a transparent classifier)."""
+
+    def forward(self, x):
+        return F.one_hot((x[:, 0, 0, 0] * 10).round().long().clamp(0, 9), 10).float()
+
+
+def test_delta_and_beta_follow_paper_004s_definitions():
+    from training.defenses.volumized_eval import _scores
+
+    y = torch.arange(10)
+    x = torch.zeros(10, 1, 4, 4)
+    x[:, 0, 0, 0] = y / 10
+    x[8:, 0, 0, 0] = 0.0                     # images 8, 9 are misclassified when clean (as class 0)
+    x_adv = x.clone()
+    x_adv[1:3, 0, 0, 0] = 0.5                # the attack flips two correct images...
+    x_adv[9, 0, 0, 0] = 0.9                  # ...and one wrong image happens to become right
+    r = _scores(_LabelFromPixel(), x, y, x_adv)
+    assert r["acc_clean"] == pytest.approx(0.8) and r["acc_attack"] == pytest.approx(0.7)
+    assert r["delta"] == pytest.approx(0.1)
+    assert r["beta"] == pytest.approx(6 / 8)  # attacks defended among the 8 clean-correct images

@@ -1,0 +1,51 @@
+import torch
+
+from training.attacks import PGD
+from training.attacks.losses import succeeded
+from training.attacks.targets import random_targets
+
+from .conftest import accuracy, assert_valid
+
+
+def test_pgd_linf_takes_a_standard_model_below_ten_percent(model, test_xy):
+    x, y = test_xy[0][:200], test_xy[1][:200]
+    x_adv = PGD(model, eps=0.1, alpha=0.025, steps=10)(x, y)
+    assert_valid(x, x_adv, linf=0.1)
+    assert accuracy(model, x, y) > 0.7
+    assert accuracy(model, x_adv, y) < 0.10
+
+
+def test_pgd_l2_respects_its_ball(model, test_xy):
+    x, y = test_xy[0][:64], test_xy[1][:64]
+    x_adv = PGD(model, eps=1.0, alpha=0.25, steps=8, norm="l2")(x, y)
+    assert_valid(x, x_adv)
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3
+
+
+def test_pgd_targeted_reaches_its_targets(model, test_xy):
+    x, y = test_xy[0][:128], test_xy[1][:128]
+    t = random_targets(y, 10, seed=1)
+    x_adv = PGD(model, eps=0.1, alpha=0.025, steps=10, targeted=True)(x, t)
+    assert_valid(x, x_adv, linf=0.1)
+    assert accuracy(model, x_adv, t) > 0.9
+
+
+def test_restarts_never_do_worse_than_one_run(model, test_xy):
+    x, y = test_xy[0][:64], test_xy[1][:64]
+    kw = dict(eps=0.03, alpha=0.01, steps=5, seed=3)
+    one = PGD(model, restarts=1, **kw)(x, y)
+    many = PGD(model, restarts=3, **kw)(x, y)
+    assert_valid(x, many, linf=0.03)
+    with torch.no_grad():
+        ok_one, ok_many = succeeded(model(one), y, False), succeeded(model(many), y, False)
+    assert (ok_many | ~ok_one).all()          # per sample: a success is never lost
+    assert ok_many.sum() >= ok_one.sum()
+
+
+def test_margin_and_dlr_losses_attack_too(model, test_xy):
+    x, y = test_xy[0][:64], test_xy[1][:64]
+    for loss in ("margin", "dlr"):
+        x_adv = PGD(model, eps=0.1, alpha=0.025, steps=6, loss=loss)(x, y)
+        assert_valid(x, x_adv, linf=0.1)
+        assert accuracy(model, x_adv, y) < 0.2
