@@ -6,7 +6,8 @@
 (c) unary Classify (one uint8 28x28 tensor per call), unguarded and guarded;
 (d) ClassifyBatch with 256 images per message, and ClassifyStream (one image per message,
     up to 256 in flight per stream);
-(e) TorchServe REST, once the bundle ships a .mar (otherwise "n/a");
+(e) TorchServe REST with advguard's handler on the same bundle (its .mar, or one built into a
+    temporary folder), PNG bodies, one worker;
 each of (b)-(d) at concurrency 1, 8 and 32 from one asyncio client process on the same machine,
 then the ratios against the goals. Example:
     python -m bench.serve --store model_store --model fmnist-cnn
@@ -121,11 +122,18 @@ async def bench_stream(stub, model: str, tensors: list, c: int, per_stream: int)
     return row("d", f"ClassifyStream guarded, 1/message, {per_stream}/stream", c, result, unit="img/s")
 
 
-def torchserve_rows(bundle: Path) -> list[dict]:
-    mars = sorted(bundle.glob("*.mar"))
-    if not mars:
-        return [{"section": "e", "name": "TorchServe REST", "note": "n/a: no .mar yet"}]
-    return [{"section": "e", "name": "TorchServe REST", "note": f"n/a: {mars[0].name} found; TorchServe runner not built yet"}]
+def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
+    """(e): TorchServe with advguard's handler on the same bundle, PNG bodies over REST."""
+    from bench.torchserve_rest import TorchServe, png_files, rest_load
+
+    try:
+        with TorchServe(bundle) as ts:
+            bodies = png_files(images[:256])
+            asyncio.run(rest_load(ts.port, ts.path, bodies, 50, 4))  # warm up
+            return [row("e", "TorchServe REST guarded (PNG body)", c,
+                        asyncio.run(rest_load(ts.port, ts.path, bodies, calls[c], c))) for c in CONCURRENCY]
+    except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as err:
+        return [{"section": "e", "name": "TorchServe REST", "note": f"n/a: {err}"}]
 
 
 def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -163,7 +171,9 @@ def report(rows: list[dict]) -> None:
     print(f"  ClassifyBatch best / in-process batch {BATCH}: {best_batch / raw:.2f}  [>= 0.60]")
     print(f"  ClassifyStream best / in-process batch {BATCH}: {best_stream / raw:.2f}  [>= 0.60]")
     print(f"  guarded Classify c=32 / in-process batch {BATCH}: {guarded['rate'] / raw:.2f}  (share of the model's capacity)")
-    print("  guarded Classify c=32 / TorchServe: n/a (no .mar yet)  [>= 5]")
+    ts = [r for r in rows if r["section"] == "e" and r.get("c") == 32]
+    print(f"  guarded Classify c=32 / TorchServe c=32: {guarded['rate'] / ts[0]['rate']:.2f}  [>= 5]" if ts
+          else "  guarded Classify c=32 / TorchServe: n/a  [>= 5]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
+    p.add_argument("--no-torchserve", dest="torchserve", action="store_false",
+                   help="skip (e) (it needs Java and torchserve, and builds a .mar when the bundle has none)")
     args = p.parse_args(argv)
     from serving.bundle import version_dirs
 
@@ -198,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     # (a) is measured before and after the server runs; the faster of the two is kept, so that
     # other load on a shared machine cannot flatter the ratios against it
     after = bench_in_process(bundle, images, args.threads)
-    rows = [max(b, a, key=lambda r: r["rate"]) for b, a in zip(before, after)] + served + torchserve_rows(bundle)
+    rows = [max(b, a, key=lambda r: r["rate"]) for b, a in zip(before, after)] + served
+    if args.torchserve:
+        rows += torchserve_rows(bundle, images, {c: max(c * 4, n // 4) for c, n in calls.items()})
+    else:
+        rows.append({"section": "e", "name": "TorchServe REST", "note": "skipped (--no-torchserve)"})
     report(rows)
     return 0
 

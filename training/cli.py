@@ -64,12 +64,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                       action=args.guard_action, options={"feature-squeezing": {"bits": args.squeeze_bits}},
                       max_images=args.calibration_images) if detectors else None
     path = export_bundle(Path(args.run), name=args.name, store=Path(args.store), version=args.version,
-                         dataset_limit=args.parity_images, guard=guard)
+                         dataset_limit=args.parity_images, guard=guard, torchserve=args.torchserve)
     print(f"bundle written: {path}")
-    if args.torchserve:
-        from training.export.torchserve import add_mar_to_bundle
-
-        print(f"TorchServe archive written: {add_mar_to_bundle(path)}")
     return 0
 
 

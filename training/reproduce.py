@@ -85,7 +85,7 @@ def plan(scale: Scale, out: Path) -> list[RunSpec]:
         RunSpec("trades", "trades", scale.model, {**inner, "beta": "6"}, t),
         RunSpec("filter-finetune", "filter-finetune", scale.model,
                 {**inner, "base_run": str(out / "standard"), "fraction": "0.1", "attack": "pgd",
-                 "per_class": str(scale.per_class)}, finetune),
+                 "per_class": str(scale.per_class), "overlap_eps": "0.05,0.2,0.3"}, finetune),
         RunSpec("distill", "distill", scale.distill_model,
                 {"temperature": str(scale.temperature), "paper_schedule": str(scale.distill_paper_schedule)}, t),
     ]

@@ -99,10 +99,14 @@ def guarded_bundle(trained_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_store(guarded_bundle, tmp_path_factory) -> Path:
-    """fmnist-guarded/1 (the default) and fmnist-plain/1 (same model, no detectors)."""
+    """fmnist-guarded/1 (the default), fmnist-plain/1 (same model, no detectors) and
+    fmnist-reject/1 (a threshold below every score, action `reject`: every image is withheld)."""
     store = tmp_path_factory.mktemp("store")
     clone_bundle(guarded_bundle, store, "fmnist-guarded", "1")
     clone_bundle(guarded_bundle, store, "fmnist-plain", "1", guard={"detectors": [], "policy": "any", "action": "flag"})
+    clone_bundle(guarded_bundle, store, "fmnist-reject", "1", guard={
+        "detectors": [{"name": "low-confidence", "threshold": -1.0, "target_fpr": 1.0, "options": {}}],
+        "policy": "any", "action": "reject"})
     return store
 
 

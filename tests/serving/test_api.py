@@ -103,7 +103,7 @@ def test_skip_guard_and_the_unguarded_bundle(stub, clean_images):
 
 def test_list_and_get_models(stub):
     models = stub.ListModels(guard_pb2.ListModelsRequest()).models
-    assert [m.name for m in models] == ["fmnist-guarded", "fmnist-plain"]
+    assert [m.name for m in models] == ["fmnist-guarded", "fmnist-plain", "fmnist-reject"]
     info = stub.GetModel(guard_pb2.GetModelRequest(name="fmnist-guarded", version="1"))
     assert info.ready and list(info.versions) == ["1"] and list(info.input_shape) == [1, 28, 28]
     assert info.dataset == "fashion-mnist" and len(info.labels) == 10
@@ -128,3 +128,10 @@ def test_reflection_lists_the_services(server):
         reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"advguard.v1.GuardedClassifier", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_a_reject_policy_withholds_the_class(stub, clean_images):
+    reply = stub.Classify(guard_pb2.ClassifyRequest(model="fmnist-reject", image=tensor_image(clean_images[0][0])))
+    assert reply.verdict == guard_pb2.ADVERSARIAL and reply.action == "reject"
+    assert reply.class_index == -1 and reply.class_name == "" and not reply.probabilities
+    assert reply.detectors[0].flagged and reply.model == "fmnist-reject"

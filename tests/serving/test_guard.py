@@ -71,3 +71,27 @@ def test_pipeline_guards_only_the_masked_samples(guarded_bundle, clean_images):
     np.testing.assert_array_equal(mixed.guard.verdicts[mask], full.guard.verdicts[mask])
     part = mixed.take(slice(1, 2))
     assert part.guard is None and part.classes.tolist() == full.classes[1:2].tolist()
+
+
+def test_fallback_answers_flagged_samples(guarded_bundle, tools, tmp_path, clean_images):
+    import json
+    import shutil
+
+    from serving.bundle import sha256_file
+    from serving.pipeline import Pipeline
+
+    folder = tools.clone_bundle(guarded_bundle, tmp_path, "fb", "1", guard={
+        "detectors": [{"name": "low-confidence", "threshold": 0.3, "target_fpr": 0.05, "options": {}}],
+        "policy": "any", "action": "fallback"})
+    shutil.copy(folder / "model.onnx", folder / "fallback.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["models"].append({"file": "fallback.onnx", "sha256": sha256_file(folder / "fallback.onnx"), "role": "fallback"})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    pipeline = Pipeline.load(folder)
+    x = np.concatenate([clean_images[0][:20].astype(np.float32) / 255, np.full((4, 1, 28, 28), 0.5, np.float32)])
+    result = pipeline.run(x)
+    flagged = result.guard.verdicts == Verdict.ADVERSARIAL
+    assert flagged.any() and not flagged.all()
+    assert set(result.answered_by[flagged]) == {"fallback.onnx"}
+    assert set(result.answered_by[~flagged]) == {"model.onnx"}
+    assert not result.rejected.any()

@@ -61,7 +61,7 @@ BAD_INPUTS = {
     "out of range": (guard_pb2.ClassifyRequest(image=tensor([1, 28, 28], fill=2.0)), INVALID,
                      "float32 pixels must lie in [0, 1]; got [2, 2]"),
     "unknown model": (guard_pb2.ClassifyRequest(model="nope", image=tensor([1, 28, 28])), grpc.StatusCode.NOT_FOUND,
-                      "unknown model 'nope'; loaded: fmnist-guarded, fmnist-plain"),
+                      "unknown model 'nope'; loaded: fmnist-guarded, fmnist-plain, fmnist-reject"),
     "unknown version": (guard_pb2.ClassifyRequest(model="fmnist-guarded", version="9", image=tensor([1, 28, 28])),
                         grpc.StatusCode.NOT_FOUND, "model 'fmnist-guarded' has no version '9'; loaded: 1"),
     "message size limit": (guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=bytes(1_500_000))),

@@ -97,3 +97,27 @@ def test_an_expired_deadline_is_answered_deadline_exceeded_and_not_run(server, c
     while sample(scrape(server), "advguard_requests_total", method="Classify", code="DEADLINE_EXCEEDED") <= before:
         assert time.monotonic() < deadline, "server never recorded the expired call"
         time.sleep(0.1)
+
+
+def test_every_method_records_latency_and_status(server, clean_images):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        stub = guard_pb2_grpc.GuardedClassifierStub(channel)
+        stub.ListModels(guard_pb2.ListModelsRequest())
+        stub.GetModel(guard_pb2.GetModelRequest(name="fmnist-plain"))
+        list(stub.ClassifyStream(iter(unary_requests(clean_images[0][:3]))))
+        list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    samples = scrape(server)
+    for method, model, verdict in (("Check", "", "none"), ("ListModels", "", "none"),
+                                   ("GetModel", "", "none"), ("ServerReflectionInfo", "", "none")):
+        assert sample(samples, "advguard_request_latency_seconds_count", model=model, method=method, verdict=verdict) >= 1
+        assert sample(samples, "advguard_requests_total", method=method, code="OK") >= 1
+    stream_items = sum(v for (name, labels), v in samples.items()
+                       if name == "advguard_stream_item_latency_seconds_count" and ("model", "fmnist-guarded") in labels)
+    assert stream_items >= 3
+    assert sum(v for (name, labels), v in samples.items()
+               if name == "advguard_model_info" and ("model", "fmnist-plain") in labels) == 1

@@ -105,3 +105,12 @@ def test_unknown_model_and_output(client, clean_images):
     with pytest.raises(InferenceServerException) as caught:
         client.infer("fmnist-guarded", [fp32_input(x)], outputs=[tc.InferRequestedOutput("logits")])
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "unknown output 'logits'" in caught.value.message()
+
+
+def test_a_reject_policy_withholds_the_class(client, clean_images):
+    result = client.infer("fmnist-reject", [fp32_input(clean_images[0][:2].astype(np.float32) / 255)])
+    assert result.as_numpy("class_index").tolist() == [-1, -1]
+    assert result.as_numpy("verdict").tolist() == [b"ADVERSARIAL", b"ADVERSARIAL"]
+    assert result.as_numpy("class_name").tolist() == [b"", b""]
+    assert not result.as_numpy("probabilities").any()
+    assert result.get_response().parameters["action"].string_param == "reject"

@@ -54,14 +54,14 @@ def wait_ready(url: str, deadline: float) -> None:
 def torchserve(trained_run, tmp_path_factory):
     from training.export import export_bundle
     from training.export.calibrate import GuardSpec
-    from training.export.torchserve import add_mar_to_bundle
 
     if shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)")
     work = tmp_path_factory.mktemp("torchserve")
     bundle = export_bundle(trained_run, name="tsmodel", store=work / "store",
-                           guard=GuardSpec(detectors=("feature-squeezing", "low-confidence"), max_images=500))
-    mar = add_mar_to_bundle(bundle)
+                           guard=GuardSpec(detectors=("feature-squeezing", "low-confidence"), max_images=500),
+                           torchserve=True)
+    mar = bundle / "tsmodel.mar"
     ports = {name: free_port() for name in ("inference", "management", "metrics")}
     config = work / "config.properties"
     config.write_text("\n".join([f"{name}_address=http://127.0.0.1:{port}" for name, port in ports.items()]

@@ -117,7 +117,7 @@ class GMA(Attack):
         tries = 0
         for t in range(cfg.tries):
             tries = t + 1
-            todo = ok if t else torch.ones_like(ok)
+            todo = ok.clone() if t else torch.ones_like(ok)
             if todo.any():
                 pgd = PGD(self.model, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps,
                           loss=cfg.loss, seed=cfg.seed + 1000 * t)

@@ -23,7 +23,7 @@ import torch
 from training.checkpoint import load_model, read_json, write_json
 from training.data import DataConfig, Split, load_splits
 from training.defenses.mia_data import AdversarialSet, craft_per_attack, parse_attacks
-from training.defenses.mia_metrics import _pct, detection_report, detection_table, predict
+from training.defenses.mia_metrics import pct, detection_report, detection_table, predict
 from training.models.mia_ensemble import MIAEnsemble, SoftEnsemble
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                              args.adaptive_steps)
         a = result["adaptive"]
         text += (f"\n\nadaptive (targeted PGD-{a['steps']} on the soft ensemble, eps={a['eps']}, toward the "
-                 f"best wrong non-adversarial class): success {_pct(a['success_rate'])}%, flagged "
-                 f"{_pct(a['flagged_rate'])}%, still correct {_pct(a['accuracy'])}% ({a['images']} images)")
+                 f"best wrong non-adversarial class): success {pct(a['success_rate'])}%, flagged "
+                 f"{pct(a['flagged_rate'])}%, still correct {pct(a['accuracy'])}% ({a['images']} images)")
     write_json(out / "eval.json", result)
     (out / "eval.md").write_text(f"unseen attacks (made against the source model): {', '.join(unseen.names)}\n\n"
                                  + text + "\n")

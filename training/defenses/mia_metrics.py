@@ -75,7 +75,7 @@ def detection_report(model: nn.Module, clean: Split, adversarial: AdversarialSet
     return report
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
@@ -88,22 +88,22 @@ def eat_table(rows: list[dict], attacks: tuple[str, ...]) -> str:
         cells = []
         for a in attacks:
             r = row["report"]["attacks"].get(a, {})
-            cells += [_pct(r.get("accuracy_11way")), _pct(r.get("f1_11way"))]
+            cells += [pct(r.get("accuracy_11way")), pct(r.get("f1_11way"))]
         lines.append(f"| {row['model']} | {row['cycle']} ({100 * row['share']:.0f}%) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def detection_table(report: dict) -> str:
     """Markdown: one row per attack (TPR, TPR on fooled, slipped-through accuracy)."""
-    lines = [f"clean accuracy (10 classes) {_pct(report['clean_accuracy'])}%, false-positive rate "
-             f"{_pct(report['false_positive_rate'])}%, clean accuracy when not flagged "
-             f"{_pct(report['clean_accuracy_unflagged'])}% ({report['clean_size']} clean test images)",
+    lines = [f"clean accuracy (10 classes) {pct(report['clean_accuracy'])}%, false-positive rate "
+             f"{pct(report['false_positive_rate'])}%, clean accuracy when not flagged "
+             f"{pct(report['clean_accuracy_unflagged'])}% ({report['clean_size']} clean test images)",
              "",
              "| attack | images | fooled source % | TPR % | TPR on fooled % | slipped through | "
              "accuracy on slipped % |",
              "|---|---|---|---|---|---|---|"]
     for name, r in report["attacks"].items():
-        lines.append(f"| {name} | {r['size']} | {_pct(r['fooled_source'])} | {_pct(r['true_positive_rate'])} | "
-                     f"{_pct(r['true_positive_rate_on_fooled'])} | {r['slipped_through']} | "
-                     f"{_pct(r['slipped_accuracy'])} |")
+        lines.append(f"| {name} | {r['size']} | {pct(r['fooled_source'])} | {pct(r['true_positive_rate'])} | "
+                     f"{pct(r['true_positive_rate_on_fooled'])} | {r['slipped_through']} | "
+                     f"{pct(r['slipped_accuracy'])} |")
     return "\n".join(lines)

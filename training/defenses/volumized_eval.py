@@ -67,8 +67,11 @@ def _plot(results: dict, key: str, xlabel: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, res in results.items():
         xs = sorted(res[key], key=float)
-        ax.plot([float(v) * (100 if key == "patch" else 1) for v in xs],
-                [100 * res[key][v]["acc_attack"] for v in xs], marker="o", label=label)
+        line, = ax.plot([float(v) * (100 if key == "patch" else 1) for v in xs],
+                        [100 * res[key][v]["acc_attack"] for v in xs], marker="o", label=label)
+        if xs:
+            ax.axhline(100 * res[key][xs[0]]["acc_clean"], color=line.get_color(), linestyle="--",
+                       linewidth=1, label=f"{label}, clean")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 100)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +20,17 @@ PARITY_TOLERANCE = 1e-4
 
 
 def export_bundle(run: Path, name: str, store: Path = Path("model_store"), version: str | None = None,
-                  dataset_limit: int = 256, guard: dict | GuardSpec | None = None) -> Path:
+                  dataset_limit: int = 256, guard: dict | GuardSpec | None = None,
+                  torchserve: bool = False) -> Path:
     """Export `run`'s model as a new bundle version; never overwrites an existing one.
 
     Checks ONNX parity on `dataset_limit` test images (max |p_torch - p_onnx| <= 1e-4).
     `guard`: the manifest's guard section as is (dict), or a GuardSpec whose detectors are
     calibrated on the run's validation split (held out from training) to its target
     false-positive rate; None: no detectors.
+    `torchserve`: also build `<name>.mar` into the bundle (recorded under `archives`).
+    The version is assembled in a hidden staging folder and renamed into place at the end, so a
+    server polling the store never sees a half-written version.
     """
     run = Path(run)
     model, spec = load_model(run)
@@ -35,9 +40,12 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     # the run's own split (same seed and val_size), so the validation images are the held-out ones
     splits = load_splits(replace(data, limit_test=dataset_limit))
     version = version or next_version(store, name)
-    out = Path(store) / name / version
+    final = Path(store) / name / version
+    if final.exists():
+        raise BundleError(f"{final} already exists; bundles are never overwritten (choose another --version)")
+    out = Path(store) / name / f".staging-{version}"
     if out.exists():
-        raise BundleError(f"{out} already exists; bundles are never overwritten (choose another --version)")
+        shutil.rmtree(out)
     out.mkdir(parents=True)
     onnx_path = export_onnx(model, out / "model.onnx", tuple(splits.input_shape))
     parity = onnx_parity(model, onnx_path, splits.test.x)
@@ -67,5 +75,12 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     }
     write_manifest(out, manifest)
     load_bundle(out)  # verify what we wrote
-    log.info("exported %s (parity %.2e)", out, parity)
-    return out
+    if torchserve:
+        from training.export.torchserve import build_mar
+
+        mar = build_mar(out)
+        manifest["archives"] = [{"file": mar.name, "sha256": sha256_file(mar), "kind": "torchserve"}]
+        write_manifest(out, manifest)
+    out.rename(final)
+    log.info("exported %s (parity %.2e)", final, parity)
+    return final

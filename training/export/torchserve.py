@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import json
-
-from serving.bundle import MANIFEST, load_bundle, sha256_file
+from serving.bundle import MANIFEST, load_bundle
 
 log = logging.getLogger(__name__)
 HANDLER = Path(__file__).resolve().parents[2] / "serving" / "torchserve_handler.py"
@@ -33,14 +31,3 @@ def build_mar(bundle_dir: Path, out_dir: Path | None = None) -> Path:
     log.info("wrote %s", mar)
     return mar
 
-
-def add_mar_to_bundle(bundle_dir: Path) -> Path:
-    """Build the .mar inside the bundle folder and record it (file, SHA-256) in the manifest's
-    `archives`. The archive holds the manifest as it was before this entry."""
-    bundle_dir = Path(bundle_dir)
-    mar = build_mar(bundle_dir)
-    manifest_path = bundle_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest["archives"] = [{"file": mar.name, "sha256": sha256_file(mar), "kind": "torchserve"}]
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return mar
