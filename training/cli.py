@@ -82,6 +82,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
                           timeout=args.timeout)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from training.reproduce import main as reproduce_main
+
+    return reproduce_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advguard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("reproduce", help="full-size (or reduced) reproduction runs; "
+                                         "`advguard reproduce --help` for its options")
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="arguments for training.reproduce, e.g. `defenses --scale reduced`")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("classify", help="classify image files through a running server")
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of `advguard serve`")
     p.add_argument("--model", default="", help="bundle name (default: the server's only/first)")
@@ -170,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reproduce"]:  # its own parser: `advguard reproduce --help`
+        from training.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -180,10 +180,28 @@ def reproduce_defenses(scale_name: str, out: Path, only: list[str] | None = None
     return rows
 
 
+def reproduce_filters(scale_name: str, out: Path, eps: tuple[float, ...] = (0.1, 0.05, 0.2, 0.3)) -> dict:
+    """Algorithm 1 on OUT/standard at several eps: dominant sets, overlap across classes and
+    with the first eps's set (writes OUT/dominant_filters_eps.json)."""
+    from training.defenses.dominant_filters import eps_overlap, find_dominant_filters
+
+    scale = SCALES[scale_name]
+    splits = load_splits(scale.data)
+    model, spec = load_model(out / "standard")
+    found = [find_dominant_filters(model, splits.val, spec.num_classes, 0.1, scale.per_class, e, 20) for e in eps]
+    result = {"dominant": {f["eps"]: {k: v["dominant"] for k, v in f["layers"].items()} for f in found},
+              "class_overlap": {f["eps"]: {k: round(v["class_overlap"], 3) for k, v in f["layers"].items()}
+                                for f in found},
+              f"eps_overlap_vs_{eps[0]}": eps_overlap(found[0], found[1:])}
+    write_json(out / "dominant_filters_eps.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["defenses"])
+    parser.add_argument("what", choices=["defenses", "filters"],
+                        help="defenses: the table; filters: Algorithm 1 across eps on OUT/standard")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--out", default=None, help="default: runs/reproduce-defenses-<scale>")
     parser.add_argument("--only", nargs="*", help="run names to do (default: all)")
@@ -193,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/reproduce-defenses-{args.scale}")
+    if args.what == "filters":
+        print(json.dumps(reproduce_filters(args.scale, out), indent=2))
+        return 0
     rows = reproduce_defenses(args.scale, out, args.only)
     print(to_markdown(rows, args.scale))
     return 0

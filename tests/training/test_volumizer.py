@@ -6,6 +6,15 @@ from training.volumizer import Volumizer, VolumizerConfig, slice_grid
 from training.volumizer_metrics import KEY_SCALE, METRICS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def images(fmnist_small):
     return fmnist_small.test.x[:48]

@@ -36,7 +36,7 @@ def standard_suite(eps: float = 0.1, restarts: int = 5) -> tuple[AttackSpec, ...
         AttackSpec(f"PGD-40 CE x{restarts}", "pgd", {"eps": eps, "alpha": 0.01, "steps": 40, "restarts": restarts}),
         AttackSpec(f"PGD-40 margin x{restarts}", "pgd",
                    {"eps": eps, "alpha": 0.01, "steps": 40, "restarts": restarts, "loss": "margin"}),
-        AttackSpec("Square 1000q", "square", {"eps": eps, "queries": 1000}, white_box=False),
+        AttackSpec("Square 1000q", "square", {"eps": eps, "max_queries": 1000}, white_box=False),
     )
 
 

@@ -16,7 +16,7 @@ def test_cw_finds_smaller_l2_perturbations_than_pgd_l2(model, test_xy):
     with torch.no_grad():
         ok_pgd, ok_cw = succeeded(model(pgd), y, False), succeeded(model(cw), y, False)
     both = ok_pgd & ok_cw
-    assert ok_cw.float().mean() >= ok_pgd.float().mean() - 0.1   # about equal success
+    assert ok_cw.float().mean() >= ok_pgd.float().mean()   # at least equal success
     assert both.sum() >= 16
     l2_cw = (cw - x).flatten(1).norm(dim=1)[both]
     l2_pgd = (pgd - x).flatten(1).norm(dim=1)[both]
@@ -28,8 +28,8 @@ def test_cw_finds_smaller_l2_perturbations_than_pgd_l2(model, test_xy):
 def test_cw_targeted_reaches_its_targets(model, test_xy):
     x, y = test_xy[0][:32], test_xy[1][:32]
     t = random_targets(y, 10, seed=2)
-    x_adv = CW(model, c=1.0, steps=30, binary_steps=2, targeted=True)(x, t)
+    x_adv = CW(model, c=1.0, steps=30, binary_steps=3, targeted=True)(x, t)
     assert_valid(x, x_adv)
     with torch.no_grad():
         reached = model(x_adv).argmax(1) == t
-    assert reached.float().mean() > 0.8
+    assert reached.float().mean() > 0.9

@@ -19,7 +19,7 @@ def test_default_grid_is_powers_of_ten_from_1e7_to_0_3():
 
 
 def test_gma_reports_accuracy_and_success_per_size(model, test_xy):
-    x, y = test_xy[0][:48], test_xy[1][:48]
+    x, y = test_xy[0][:32], test_xy[1][:32]
     attack = GMA(model, values=(1.0, 3.0), exponents=(1, 3), tries=1)
     result = attack.run(x, y)
     eps = [s.eps for s in result.sizes]
@@ -32,11 +32,12 @@ def test_gma_reports_accuracy_and_success_per_size(model, test_xy):
         assert acc == pytest.approx(s.accuracy)
         assert s.success == (s.accuracy < 0.5)
     small, large = result.sizes[0], result.sizes[-1]
-    assert small.case == "best" and not small.success       # 1e-3 barely moves a standard model
+    assert not small.success and small.accuracy > result.clean_accuracy - 0.1   # 1e-3 barely matters
+    assert small.case == ("best" if small.accuracy > 0.8 else "between")
     assert large.case == "worst" and large.success and large.accuracy < 0.1
     assert result.accuracy == pytest.approx(sum(s.accuracy for s in result.sizes) / 4)
     # the single-image call: per image, the smallest size that fools it
-    x_adv = attack(x, y)
+    x_adv = attack.smallest_fooling(result, y)
     assert_valid(x, x_adv, linf=0.3)
     with torch.no_grad():
         assert (model(x_adv).argmax(1) != y).float().mean() > 0.9

@@ -51,10 +51,12 @@ def test_npixel_query_budget_and_determinism(model, test_xy):
 
 def test_npixel_with_more_pixels_fools_more(model, test_xy):
     x, y = test_xy[0][:32], test_xy[1][:32]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
     kw = dict(popsize=30, steps=6)
-    one = NPixel(model, pixels=1, **kw).run(x, y).success.float().mean()
-    many = NPixel(model, pixels=12, **kw).run(x, y).success.float().mean()
-    assert many > one and many > 0.3
+    one = NPixel(model, pixels=1, **kw).run(x, y).success[correct].float().mean()
+    many = NPixel(model, pixels=12, **kw).run(x, y).success[correct].float().mean()
+    assert many > one + 0.05
 
 
 def test_npixel_targeted_success_means_the_target(model, test_xy):

@@ -14,6 +14,15 @@ OPTIONS = {"attacks": "fgsm:eps=0.1,pgd:eps=0.1;steps=2;alpha=0.05", "shares": "
            "members": "eat1,eat2", "n_bootstraps": "3"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def mia_run(fmnist_small, tmp_path_factory):
     splits = Splits(fmnist_small.train.take(1000), fmnist_small.val.take(200), fmnist_small.test.take(200),

@@ -1,10 +1,20 @@
 """The MIA ensemble's vote: a true (hard) majority, documented ties, one ONNX graph."""
+import pytest
 import torch
 
 from training.models import ModelSpec, create_model
 from training.models.mia_ensemble import MIAEnsemble, majority_vote
 
 ADV = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _logits(*rows):

@@ -5,6 +5,15 @@ import torch
 from training.curriculum import Syllabus, SyllabusConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def train_images(fmnist_small):
     return fmnist_small.train.x[:2000], fmnist_small.train.y[:2000]

@@ -14,6 +14,7 @@ def test_quick_suite_reports_drop_and_worst_case(trained_model, fmnist_small, tm
     assert by_label["PGD-10 CE"].robust_accuracy < 0.2 < report.clean_accuracy
     assert all(r.max_linf <= 0.1 + 1e-6 for r in report.attacks)
     assert report.worst_case_accuracy <= min(r.robust_accuracy for r in report.attacks)
+    assert not report.gradient_masking_suspected  # an undefended model masks nothing
     report.save(tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["clean_accuracy"] == report.clean_accuracy
@@ -42,5 +43,6 @@ def test_logit_scaling_unmasks_a_saturated_softmax(trained_model, fmnist_small):
     report = evaluate(masked, fmnist_small.test.take(200), suite)
     plain, scaled = report.attacks
     assert scaled.robust_accuracy < plain.robust_accuracy - 0.3
+    assert report.gradient_masking_suspected
     x = fmnist_small.test.x[:4]
     assert torch.allclose(ScaledLogits(masked, 1e4)(x), model(x), atol=1e-3)
