@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from training.attacks import AdversarialPatch, GMA, attack_class, save_png, select_targets
-from training.attacks.losses import succeeded
 from training.checkpoint import load_model, write_json
 from training.data import load_splits
 from training.options import build_config, parse_options
@@ -130,8 +129,9 @@ def run_attack(args: argparse.Namespace) -> int:
     if gma_parts:
         record["gma"] = attack.merge(gma_parts).to_dict()
         for size in record["gma"]["sizes"]:
+            verdict = "success" if size["success"] else "no success"
             print(f"  eps {size['eps']:.1e}: accuracy {size['accuracy']:.4f}, fooled {size['fooled']:.4f}, "
-                  f"tries {size['tries']}, {'success' if size['success'] else 'no success'} ({size['case']} case)")
+                  f"tries {size['tries']}, {verdict} ({size['case']} case)")
     if isinstance(attack, AdversarialPatch):
         record["patch_png"] = str(save_png(attack.patch, out.with_suffix(".patch.png")))
         print(f"patch written: {record['patch_png']}")
@@ -142,5 +142,6 @@ def run_attack(args: argparse.Namespace) -> int:
     print(f"{args.attack} on {len(x)} images: accuracy {results['clean_accuracy']:.4f} -> "
           f"{results['adversarial_accuracy']:.4f}, success {results['success_rate']:.4f} "
           f"({'targeted' if targets is not None else 'untargeted'}), mean Linf {results['linf_mean']:.4f}, "
-          f"L2 {results['l2_mean']:.4f}, L0 {results['l0_mean']:.1f}; {results['wall_seconds']:.0f} s -> {out}")
+          f"L2 {results['l2_mean']:.4f}, L0 {results['l0_mean']:.1f}; "
+          f"{results['wall_seconds']:.0f} s -> {out}")
     return 0

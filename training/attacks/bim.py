@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from training.attacks.base import Attack, AttackConfig
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import LOSSES, attack_loss
 
 
@@ -50,10 +51,10 @@ class BIM(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         lower, upper = (x - cfg.eps).clamp_min(0.0), (x + cfg.eps).clamp_max(1.0)
-        x_adv = x.clone()
+        x_adv, model = x.clone(), fused_eval_view(self.model)
         for _ in range(cfg.n_steps):
             x_adv.requires_grad_(True)
-            loss = attack_loss(self.model(x_adv), y, cfg.loss, cfg.targeted).sum()
+            loss = attack_loss(model(x_adv), y, cfg.loss, cfg.targeted).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 x_adv = torch.minimum(torch.maximum(x_adv + cfg.alpha * grad.sign(), lower), upper)

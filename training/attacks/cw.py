@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from training.attacks.base import Attack, AttackConfig
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import attack_loss, succeeded
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ class CW(Attack):
     Config = CWConfig
     name = "cw"
 
-    def _optimize(self, x: torch.Tensor, w0: torch.Tensor, y: torch.Tensor, c: torch.Tensor,
-                  best_l2: torch.Tensor, best_adv: torch.Tensor) -> torch.Tensor:
+    def _optimize(self, model: torch.nn.Module, x: torch.Tensor, w0: torch.Tensor, y: torch.Tensor,
+                  c: torch.Tensor, best_l2: torch.Tensor, best_adv: torch.Tensor) -> torch.Tensor:
         """Adam over w for one value of c per sample; updates best_* in place; returns success."""
         cfg = self.config
         w = w0.clone().requires_grad_(True)
@@ -87,7 +88,7 @@ class CW(Attack):
         for step in range(cfg.steps):
             adv = _from_tanh_space(w)
             l2 = (adv - x).pow(2).flatten(1).sum(dim=1)
-            logits = self.model(adv)
+            logits = model(adv)
             gain = attack_loss(logits, y, "margin", cfg.targeted)
             loss = (l2 + c * (-gain).clamp_min(-cfg.kappa)).sum()
             # autograd.grad, not backward(): the model's parameters get no .grad as a side effect
@@ -109,13 +110,14 @@ class CW(Attack):
         cfg = self.config
         n = len(x)
         w0 = _to_tanh_space(x, cfg.box_margin)
+        model = fused_eval_view(self.model)
         c = torch.full((n,), cfg.c, device=x.device, dtype=x.dtype)
         lower = torch.zeros_like(c)
         upper = torch.full_like(c, _UNBOUNDED)
         best_l2 = torch.full_like(c, float("inf"))
         best_adv = x.clone()
         for search in range(cfg.binary_steps):
-            found = self._optimize(x, w0, y, c, best_l2, best_adv)
+            found = self._optimize(model, x, w0, y, c, best_l2, best_adv)
             upper = torch.where(found, torch.minimum(upper, c), upper)
             lower = torch.where(found, lower, torch.maximum(lower, c))
             bounded = upper < _UNBOUNDED

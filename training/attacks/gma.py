@@ -44,7 +44,8 @@ class GMAConfig(AttackConfig):
         if self.tries < 1 or self.alpha_ratio <= 0:
             raise ValueError(f"tries must be >= 1 and alpha_ratio > 0, got {self.tries}, {self.alpha_ratio}")
         if not 0 <= self.worst_case <= self.best_case <= 1:
-            raise ValueError(f"need 0 <= worst_case <= best_case <= 1, got {self.worst_case}, {self.best_case}")
+            raise ValueError(f"need 0 <= worst_case <= best_case <= 1, "
+                             f"got {self.worst_case}, {self.best_case}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 

@@ -9,6 +9,7 @@ import torch
 from scipy.optimize import minimize
 
 from training.attacks.base import Attack, AttackConfig
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import attack_loss, succeeded
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,12 @@ class LBFGS(Attack):
     def _solve(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shape, device, dtype = x.shape, x.device, x.dtype
         weights = c.view(-1, *([1] * (x.ndim - 1)))
+        model = fused_eval_view(self.model)
 
         def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
             x_adv = torch.from_numpy(flat).to(device=device, dtype=dtype).view(shape).requires_grad_(True)
             loss = (weights * (x_adv - x).pow(2)).sum() - attack_loss(
-                self.model(x_adv), y, "ce", self.config.targeted).sum()
+                model(x_adv), y, "ce", self.config.targeted).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             return loss.item(), grad.detach().cpu().double().numpy().ravel()
 

@@ -41,21 +41,38 @@ def _local_kind(layer: nn.Module) -> str | None:
     return None
 
 
+def _flat_index(shape: tuple[int, ...], owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
+                h: int, w: int) -> torch.Tensor:
+    """Row indices (M * h * w,) into a (B * H * W, C) view of channels-last maps of `shape`."""
+    _, height, width = shape[:3]
+    rows = r0[:, None, None] + torch.arange(h, device=r0.device)[None, :, None]
+    cols = c0[:, None, None] + torch.arange(w, device=c0.device)[None, None, :]
+    return ((owner[:, None, None] * height + rows) * width + cols).reshape(-1)
+
+
 def gather_windows(maps: torch.Tensor, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
-            h: int, w: int) -> torch.Tensor:
-    """Windows maps[owner[m], :, r0[m]:r0[m]+h, c0[m]:c0[m]+w] as (M, C, h, w)."""
-    rows = r0[:, None, None] + torch.arange(h, device=maps.device)[None, :, None]
-    cols = c0[:, None, None] + torch.arange(w, device=maps.device)[None, None, :]
-    return maps[owner[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+                   h: int, w: int) -> torch.Tensor:
+    """Windows of channels-last maps (B, H, W, C): maps[owner[m], r0[m]:r0[m]+h, c0[m]:c0[m]+w]
+    as a contiguous (M, h, w, C) tensor (one row gather, the fast path for this)."""
+    idx = _flat_index(maps.shape, owner, r0, c0, h, w)
+    return maps.reshape(-1, maps.shape[-1]).index_select(0, idx).view(len(owner), h, w, maps.shape[-1])
 
 
-def _paste(window: torch.Tensor, crop: torch.Tensor, dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
-    h, w = crop.shape[-2:]
-    rows = dr[:, None, None] + torch.arange(h, device=crop.device)[None, :, None]
-    cols = dc[:, None, None] + torch.arange(w, device=crop.device)[None, None, :]
-    idx = torch.arange(len(crop), device=crop.device)[:, None, None]
-    window[idx, :, rows, cols] = crop.permute(0, 2, 3, 1)
+def paste_windows(window: torch.Tensor, crop: torch.Tensor, dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+    """Write crop (M, h, w, C) into the contiguous window (M, H, W, C) at (dr[m], dc[m]), in place."""
+    m, h, w, c = crop.shape
+    idx = _flat_index(window.shape, torch.arange(m, device=crop.device), dr, dc, h, w)
+    window.view(-1, c).index_copy_(0, idx, crop.reshape(-1, c))
     return window
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1)
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last NCHW view of a contiguous NHWC tensor (no copy)."""
+    return t.permute(0, 3, 1, 2)
 
 
 class LocalEvaluator:
@@ -63,7 +80,8 @@ class LocalEvaluator:
 
     Example: `ev = LocalEvaluator(model, x); logits = ev.logits(owner, r0, c0, crops)` where
     crop m (C, h, w) replaces x[owner[m], :, r0[m]:r0[m]+h, c0[m]:c0[m]+w]. `local=False`
-    (or a model it cannot split) evaluates every image in full.
+    (or a model it cannot split) evaluates every image in full. Maps are cached channels-last
+    so that windows gather and paste as contiguous blocks and convolutions run channels-last.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, local: bool = True) -> None:
@@ -82,13 +100,14 @@ class LocalEvaluator:
                     break
                 if kind == "conv":
                     p = self._conv_pad(layer)
-                    self.maps.append(nn.functional.pad(out, (p[1], p[1], p[0], p[0])))
+                    self.maps.append(_nhwc(nn.functional.pad(out, (p[1], p[1], p[0], p[0]))).contiguous())
                 else:
-                    self.maps.append(out)
+                    self.maps.append(_nhwc(out).contiguous())
                 self.local.append((layer, kind))
                 out = layer(out)
                 self.sizes.append(tuple(out.shape[-2:]))
-            self.maps.append(out)
+            self.maps.append(_nhwc(out).contiguous())
+        self.images = _nhwc(x).contiguous()
         self.head = nn.Sequential(*layers[len(self.local):])
         self.enabled = any(kind != "point" for _, kind in self.local)
 
@@ -98,12 +117,16 @@ class LocalEvaluator:
             return tuple(k // 2 for k in _pair(layer.kernel_size))
         return _pair(layer.padding)
 
+    def windows(self, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Windows of the clean images as (M, C, h, w) (channels-last), to edit into crops."""
+        return _nchw(gather_windows(self.images, owner, r0, c0, h, w))
+
     @torch.no_grad()
     def logits(self, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
                crop: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            full = _paste(self.x[owner].clone(), crop, r0, c0)
-            return self.model(full)
+            full = paste_windows(self.images.index_select(0, owner), _nhwc(crop), r0, c0)
+            return self.model(_nchw(full).contiguous())
         for i, (layer, kind) in enumerate(self.local):
             h, w = crop.shape[-2:]
             if kind == "point":
@@ -116,8 +139,8 @@ class LocalEvaluator:
                 o_r = (r0 + ph - kh + 1).clamp(0, size_h - ho)
                 o_c = (c0 + pw - kw + 1).clamp(0, size_w - wo)
                 window = gather_windows(self.maps[i], owner, o_r, o_c, ho + kh - 1, wo + kw - 1)
-                window = _paste(window, crop, r0 + ph - o_r, c0 + pw - o_c)
-                crop = nn.functional.conv2d(window, layer.weight, layer.bias, groups=layer.groups)
+                window = paste_windows(window, _nhwc(crop), r0 + ph - o_r, c0 + pw - o_c)
+                crop = nn.functional.conv2d(_nchw(window), layer.weight, layer.bias, groups=layer.groups)
             else:
                 (sh, sw) = _pair(layer.stride or layer.kernel_size)
                 size_h, size_w = self.sizes[i]
@@ -125,7 +148,7 @@ class LocalEvaluator:
                 o_r = (r0 // sh).clamp(0, size_h - ho)
                 o_c = (c0 // sw).clamp(0, size_w - wo)
                 window = gather_windows(self.maps[i], owner, o_r * sh, o_c * sw, ho * sh, wo * sw)
-                crop = layer(_paste(window, crop, r0 - o_r * sh, c0 - o_c * sw))
+                crop = layer(_nchw(paste_windows(window, _nhwc(crop), r0 - o_r * sh, c0 - o_c * sw)))
             r0, c0 = o_r, o_c
-        full = _paste(self.maps[-1][owner].clone(), crop, r0, c0)
-        return self.head(full)
+        full = paste_windows(self.maps[-1].index_select(0, owner), _nhwc(crop), r0, c0)
+        return self.head(_nchw(full))

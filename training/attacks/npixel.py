@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from training.attacks.base import Attack, AttackConfig, eval_mode
-from training.attacks.local_eval import LocalEvaluator, gather_windows
+from training.attacks.fusion import fused_eval_view
+from training.attacks.local_eval import LocalEvaluator
 from training.attacks.losses import succeeded
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class NPixelConfig(AttackConfig):
         if self.max_queries and self.max_queries < self.popsize:
             raise ValueError(f"max_queries must be 0 (steps decide) or >= popsize, got {self.max_queries}")
         if not 0 < self.crossover <= 1 or self.mutation <= 0:
-            raise ValueError(f"need 0 < crossover <= 1 and mutation > 0, got {self.crossover}, {self.mutation}")
+            raise ValueError(f"need 0 < crossover <= 1 and mutation > 0, "
+                             f"got {self.crossover}, {self.mutation}")
 
     @property
     def generations(self) -> int:
@@ -96,18 +98,18 @@ class NPixel(Attack):
     def _logits(ev: LocalEvaluator, owner: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Logits of ev.x[owner] with the candidates written in: only the bounding window of
         each candidate's pixels goes through the evaluator (in full when it spans half the image)."""
-        x = ev.x
-        h, w = x.shape[-2:]
+        h, w = ev.x.shape[-2:]
         rows, cols, vals = _decode(cand, h, w)
+        if cand.shape[1] == 1:  # one pixel: the crop is the pixel itself
+            return ev.logits(owner, rows[:, 0], cols[:, 0], vals[:, 0, :, None, None])
         r_lo, c_lo = rows.min(dim=1).values, cols.min(dim=1).values
         bh = int((rows.max(dim=1).values - r_lo).max()) + 1
         bw = int((cols.max(dim=1).values - c_lo).max()) + 1
         if bh * bw * 2 > h * w:
-            r0 = c0 = torch.zeros_like(owner)
-            return ev.logits(owner, r0, c0, apply_pixels(x[owner], cand))
+            bh, bw = h, w
         r0, c0 = r_lo.clamp(max=h - bh), c_lo.clamp(max=w - bw)
-        crop = gather_windows(x, owner, r0, c0, bh, bw)
-        idx = torch.arange(len(cand), device=x.device)
+        crop = ev.windows(owner, r0, c0, bh, bw).clone()
+        idx = torch.arange(len(cand), device=cand.device)
         for k in range(cand.shape[1]):
             crop[idx, :, rows[:, k] - r0, cols[:, k] - c0] = vals[:, k]
         return ev.logits(owner, r0, c0, crop)
@@ -152,7 +154,7 @@ class NPixel(Attack):
                          dtype=x.dtype) * limits
         queries = torch.full((b,), cfg.popsize, dtype=torch.long, device=x.device)
         with eval_mode(self.model):
-            ev = LocalEvaluator(self.model, x, local=cfg.local_eval)
+            ev = LocalEvaluator(fused_eval_view(self.model), x, local=cfg.local_eval)
             fit, ok = self._evaluate(ev, torch.arange(b, device=x.device), y, pop)
             done = ok.any(dim=1)
             best = pop[torch.arange(b), torch.where(done, ok.int().argmax(dim=1), fit.argmin(dim=1))]

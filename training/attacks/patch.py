@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from training.attacks.base import Attack, AttackConfig, eval_mode
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import attack_loss
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,14 @@ class PatchConfig(AttackConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.05 <= self.scale <= 0.25:
-            raise ValueError(f"scale (share of the image the patch covers) must be in [0.05, 0.25], got {self.scale}")
+            raise ValueError(f"scale (share of the image the patch covers) must be in [0.05, 0.25], "
+                             f"got {self.scale}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, "
                              f"{self.batch_size}, {self.lr}")
         if (self.row < 0) != (self.col < 0):
-            raise ValueError(f"give both row and col (or neither, for random places), got {self.row}, {self.col}")
+            raise ValueError(f"give both row and col (or neither, for random places), "
+                             f"got {self.row}, {self.col}")
 
 
 def patch_side(config: PatchConfig, height: int, width: int) -> int:
@@ -60,7 +63,7 @@ def save_png(patch: torch.Tensor, path: Path | str, upscale: int = 8) -> Path:
 
     arr = (patch.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
-    image = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0))
+    image = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
@@ -93,10 +96,12 @@ class AdversarialPatch(Attack):
         super().__init__(model, config, **overrides)
         self.patch = None if patch is None else patch.detach().clamp(0, 1)
 
-    def _places(self, n: int, h: int, w: int, s: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _places(self, n: int, h: int, w: int, s: int, gen: torch.Generator,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.row >= 0:
             if self.config.row + s > h or self.config.col + s > w:
-                raise ValueError(f"a {s}x{s} patch at ({self.config.row}, {self.config.col}) leaves the {h}x{w} image")
+                raise ValueError(f"a {s}x{s} patch at ({self.config.row}, {self.config.col}) "
+                                 f"leaves the {h}x{w} image")
             return (torch.full((n,), self.config.row, device=device),
                     torch.full((n,), self.config.col, device=device))
         return (torch.randint(0, h - s + 1, (n,), generator=gen, device=device),
@@ -111,6 +116,7 @@ class AdversarialPatch(Attack):
         patch = torch.rand((c, s, s), generator=gen, device=x.device, dtype=x.dtype).requires_grad_(True)
         optimizer = torch.optim.Adam([patch], lr=cfg.lr)
         with eval_mode(self.model), torch.enable_grad():
+            model = fused_eval_view(self.model)
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(x), generator=gen, device=x.device)
                 total = 0.0
@@ -119,7 +125,7 @@ class AdversarialPatch(Attack):
                                  for n in (h, w))
                     turns = int(torch.randint(0, 4, (1,), generator=gen)) if cfg.rotate else 0
                     shown = torch.rot90(patch, turns, dims=(1, 2))
-                    logits = self.model(place(x[batch], shown, top, left))
+                    logits = model(place(x[batch], shown, top, left))
                     loss = -attack_loss(logits, y[batch].to(x.device), "ce", cfg.targeted).mean()
                     (patch.grad,) = torch.autograd.grad(loss, patch)
                     optimizer.step()

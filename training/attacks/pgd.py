@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from training.attacks.base import Attack, AttackConfig
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import LOSSES, attack_loss, succeeded
 
 
@@ -68,13 +69,13 @@ class PGD(Attack):
             noise = noise * self.config.eps
         return self._project(x, x + noise)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+    def _run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
              score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         x_adv = self._start(x, gen)
         for _ in range(cfg.steps):
             x_adv.requires_grad_(True)
-            loss = attack_loss(self.model(x_adv), y, cfg.loss, cfg.targeted)
+            loss = attack_loss(model(x_adv), y, cfg.loss, cfg.targeted)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             with torch.no_grad():
                 step = grad.sign() if cfg.norm == "linf" else grad / _l2_norm(grad)
@@ -82,19 +83,20 @@ class PGD(Attack):
         if not score:  # one run: no restart to compare against, skip the extra forward pass
             return x_adv.detach(), None
         with torch.no_grad():
-            logits = self.model(x_adv)
+            logits = model(x_adv)
             score = attack_loss(logits, y, cfg.loss, cfg.targeted)
             score = torch.where(succeeded(logits, y, cfg.targeted), torch.inf, score)
         return x_adv.detach(), score
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = self.generator(x.device)
-        best, best_score = self._run(x, y, gen, score=self.config.restarts > 1)
+        model = fused_eval_view(self.model)
+        best, best_score = self._run(model, x, y, gen, score=self.config.restarts > 1)
         for _ in range(self.config.restarts - 1):
             todo = best_score < torch.inf
             if not todo.any():
                 break
-            cand, score = self._run(x[todo], y[todo], gen)
+            cand, score = self._run(model, x[todo], y[todo], gen)
             better = score > best_score[todo]
             idx = todo.nonzero().squeeze(1)[better]
             best[idx], best_score[idx] = cand[better], score[better]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from training.attacks.base import Attack, AttackConfig, eval_mode
+from training.attacks.fusion import fused_eval_view
 from training.attacks.losses import attack_loss, succeeded
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class SquareConfig(AttackConfig):
 
 @dataclass
 class SquareResult:
-    """Adversarial images, per-image success and the model queries spent on each image."""
+    """Adversarial images, per-image success (checked on the model itself) and the model
+    queries spent on each image."""
 
     x_adv: torch.Tensor
     success: torch.Tensor
@@ -70,8 +72,9 @@ class Square(Attack):
     Config = SquareConfig
     name = "square"
 
-    def _score(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
+    def _score(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
         return attack_loss(logits, y, self.config.loss, self.config.targeted), \
             succeeded(logits, y, self.config.targeted)
 
@@ -85,7 +88,8 @@ class Square(Attack):
         with eval_mode(self.model):
             stripes = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=x.device) * 2 - 1
             x_best = (x + cfg.eps * stripes.to(x.dtype)).clamp(0, 1)
-            loss, done = self._score(x_best, y)
+            model = fused_eval_view(self.model)
+            loss, done = self._score(model, x_best, y)
             queries = torch.ones(n, dtype=torch.long, device=x.device)
             for it in range(1, cfg.max_queries):
                 idx = (~done).nonzero().squeeze(1)
@@ -108,7 +112,7 @@ class Square(Attack):
                 same = ((cand - xb).abs() < 1e-7).logical_or(~window).flatten(1).all(dim=1)
                 if same.any():
                     cand[same] = (xi[same] + torch.where(window[same], -new[same], delta[same])).clamp(0, 1)
-                cand_loss, cand_ok = self._score(cand, y[idx])
+                cand_loss, cand_ok = self._score(model, cand, y[idx])
                 queries[idx] += 1
                 better = cand_loss > loss[idx]
                 x_best[idx[better]] = cand[better]
@@ -116,7 +120,8 @@ class Square(Attack):
                 done[idx[better]] = cand_ok[better]
                 if it % 500 == 0:
                     log.debug("Square query %d: %d/%d fooled", it, int(done.sum()), n)
-        return SquareResult(x_best, done, queries)
+            success = succeeded(self.model(x_best), y, cfg.targeted)  # on the model itself
+        return SquareResult(x_best, success, queries)
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.run(x, y).x_adv

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from training.checkpoint import write_json
 from training.curriculum import PACINGS, Syllabus, SyllabusConfig
 from training.data import Splits
 from training.defenses.base import Defense, DefenseConfig
@@ -105,4 +106,5 @@ class VolumizedDefense(Defense):
         metrics = fit(model, spec, splits, train, Path(out_dir), batch_loss=pal_batch_loss,
                       run_config=record, resume=resume, epoch_order=syllabus.epoch_order)
         metrics["parameters"] = count_parameters(model)
+        write_json(Path(out_dir) / "metrics.json", metrics)
         return metrics

@@ -13,8 +13,8 @@ from .conftest import accuracy, assert_valid
 DEFAULT_RUN = Path(__file__).resolve().parents[3] / "runs" / "fmnist-cnn-default"
 
 
-@pytest.mark.skipif(not (DEFAULT_RUN / "model.pt").exists(),
-                    reason="needs the fully trained default model: `advguard train --out runs/fmnist-cnn-default`")
+@pytest.mark.skipif(not (DEFAULT_RUN / "model.pt").exists(), reason="needs the fully trained default "
+                    "model: `advguard train --out runs/fmnist-cnn-default` (`make serve` trains it)")
 def test_pgd_linf_takes_a_standard_model_below_ten_percent(fmnist_small):
     # The shared 2-epoch/5k-image fixture keeps ~13% at eps=0.1 under every attack we tried
     # (ours, torchattacks' PGD, Square: its trousers survive); the issue's "< 10%" is about a

@@ -37,6 +37,7 @@ def test_volumized_model_learns_the_task(volumized_run):
     # 62 steps on 1,000 images: far from converged, but well above chance (10%)
     assert metrics["test_accuracy"] > 0.3, metrics
     assert metrics["history"][1]["train_loss"] < metrics["history"][0]["train_loss"]
+    assert json.loads((out / "metrics.json").read_text())["parameters"] == metrics["parameters"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["defense_config"]["metric"] == "mi" and config["model"]["name"] == "volumetric"
 
