@@ -157,7 +157,7 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
             if scheduler is not None and config.schedule == "onecycle":
                 scheduler.step()
             total, seen = total + loss.item() * len(y), seen + len(y)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         val_acc = accuracy(model, splits.val)
         if scheduler is not None and config.schedule == "plateau":
             scheduler.step(total / seen)

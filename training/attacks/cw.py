@@ -67,8 +67,9 @@ class CW(Attack):
     assume thousands of steps. Adam moves w by about lr per step, and a pixel at 0 starts at
     w = -7.3 with that margin, so within 100 steps Fashion-MNIST's black background never moves.
     The defaults here (lr 0.1, box_margin 1e-3: w = -3.8 at 0, a start error of 5e-4 per pixel)
-    reach 100% untargeted and targeted success with smaller L2 within 3 x 50 steps;
-    `lr=0.01, box_margin=1e-6, steps=10000` is the paper's setting.
+    reached 100% untargeted and targeted success, with smaller L2, in 3 x 50 steps on a small
+    Fashion-MNIST CNN where lr 0.01 / 1e-6 reached 75% / 19%. `lr=0.01, box_margin=1e-6,
+    steps=10000` is the paper's setting.
     Shape: x (N, C, H, W) in [0, 1]; y (N,); returns (N, C, H, W).
     Example: `x_adv = CW(model, c=1.0, steps=100, binary_steps=5)(x, y)`
     """

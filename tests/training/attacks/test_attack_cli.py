@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from training.cli import main
 
@@ -39,8 +38,9 @@ def test_attack_cli_targeted_and_gma_report(trained_run, tmp_path, capsys):
     assert "eps 1.0e-01: accuracy" in capsys.readouterr().out
 
 
-def test_attack_cli_rejects_eps_for_attacks_without_it(trained_run, tmp_path):
-    with pytest.raises(SystemExit) if False else pytest.raises(ValueError, match="--eps does not apply"):
-        from training.attack_cli import _config
-
-        _config("cw", {}, 0.1, 0)
+def test_attack_cli_rejects_eps_for_attacks_without_it(trained_run, tmp_path, capsys):
+    rc = main(["attack", "--attack", "cw", "--eps", "0.1", "--model", str(trained_run), "--n", "4",
+               "--out", str(tmp_path / "x.npz")])
+    assert rc == 2
+    assert "--eps does not apply to 'cw'" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
