@@ -39,3 +39,14 @@ def trained_model(trained_run):
     from training.checkpoint import load_model
 
     return load_model(trained_run)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a module of small-tensor tests (restored afterwards): on a
+    2-core machine shared with other processes, torch's thread pool only adds contention.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread_module")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

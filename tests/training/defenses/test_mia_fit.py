@@ -14,13 +14,7 @@ OPTIONS = {"attacks": "fgsm:eps=0.1,pgd:eps=0.1;steps=2;alpha=0.05", "shares": "
            "members": "eat1,eat2", "n_bootstraps": "3"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from training.volumizer import VolumizerConfig
 SPEC = ModelSpec("fmnist-cnn", mean=(0.286,), std=(0.353,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_every_2d_layer_becomes_its_3d_counterpart():
