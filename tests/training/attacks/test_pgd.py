@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -10,18 +8,27 @@ from training.attacks.targets import random_targets
 from .conftest import accuracy, assert_valid
 
 
-DEFAULT_RUN = Path(__file__).resolve().parents[3] / "runs" / "fmnist-cnn-default"
+@pytest.fixture(scope="module")
+def standard_model(tmp_path_factory):
+    """A fully trained standard fmnist-cnn: 2 epochs on 20,000 images (~90% test accuracy).
+    The shared 2-epoch/5k-image fixture keeps ~13-15% at eps=0.1 under every attack we tried
+    (ours, torchattacks' PGD, Square: its trousers survive), so the issue's "< 10%" is checked
+    on a properly trained model."""
+    from training.data import DataConfig, load_splits
+    from training.models import create_model
+    from training.train_cli import model_spec_for
+    from training.trainer import TrainConfig, fit
+
+    splits = load_splits(DataConfig(val_size=1000, limit_train=20000, limit_test=200))
+    spec = model_spec_for("fmnist-cnn", splits)
+    torch.manual_seed(0)
+    model = create_model(spec)
+    fit(model, spec, splits, TrainConfig(epochs=2, batch_size=128, lr=3e-3), tmp_path_factory.mktemp("std20k"))
+    return model.eval()
 
 
-@pytest.mark.skipif(not (DEFAULT_RUN / "model.pt").exists(), reason="needs the fully trained default "
-                    "model: `advguard train --out runs/fmnist-cnn-default` (`make serve` trains it)")
-def test_pgd_linf_takes_a_standard_model_below_ten_percent(fmnist_small):
-    # The shared 2-epoch/5k-image fixture keeps ~13% at eps=0.1 under every attack we tried
-    # (ours, torchattacks' PGD, Square: its trousers survive); the issue's "< 10%" is about a
-    # fully trained standard model, so it is checked on that one.
-    from training.checkpoint import load_model
-
-    model, _ = load_model(DEFAULT_RUN)
+def test_pgd_linf_takes_a_standard_model_below_ten_percent(standard_model, fmnist_small):
+    model = standard_model
     x, y = fmnist_small.test.x[:200], fmnist_small.test.y[:200]
     x_adv = PGD(model, eps=0.1, alpha=0.025, steps=10)(x, y)
     assert_valid(x, x_adv, linf=0.1)
