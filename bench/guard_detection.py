@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {args.bundle}; {args.n} Fashion-MNIST test images; eps={args.eps} (L-inf); "
           f"thresholds: " + ", ".join(f"{d.detector.name} > {d.threshold:.4g} (target FPR {d.target_fpr:.0%})"
                                       for d in pipeline.detectors) + f"; policy: {policy}")
-    print(f"\n| input | model accuracy | attack success | " + " | ".join(
+    print("\n| input | model accuracy | attack success | " + " | ".join(
         f"{n}: flagged (all / successful) | {n}: got through" for n in names) + " |")
     print("|" + "---|" * (3 + 2 * len(names)))
     print(f"| clean | {clean['accuracy']:.1%} | - | " + " | ".join(

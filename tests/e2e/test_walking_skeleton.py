@@ -2,13 +2,10 @@
 train (small subset) -> export -> serve -> classify over gRPC -> metrics."""
 from __future__ import annotations
 
-import io
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,18 +13,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from tests.support import encode_image, free_port
 
 ADVGUARD = [sys.executable, "-m", "training.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -65,18 +57,13 @@ def served(tmp_path_factory):
     log.close()
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 def test_classify_counts_exactly_in_histogram(served, fmnist_small):
     stub = guard_pb2_grpc.GuardedClassifierStub(served["channel"])
     before = histogram_count(served["metrics_port"], "Classify")
     n, correct = 40, 0
     for i in range(n):
-        request = guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=png_bytes(fmnist_small.test.x[i, 0].numpy())))
+        request = guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=encode_image(fmnist_small.test.x[i, 0].numpy())))
         reply = stub.Classify(request, timeout=10)
         correct += reply.class_index == int(fmnist_small.test.y[i])
         assert reply.model == "e2e" and reply.model_version == "1"
@@ -91,7 +78,7 @@ def test_raw_tensor_matches_png(served, fmnist_small):
     pixels = (fmnist_small.test.x[0].numpy() * 255).round().astype(np.uint8)
     tensor = guard_pb2.Tensor(shape=[1, 28, 28], dtype=guard_pb2.DTYPE_UINT8, data=pixels.tobytes())
     by_tensor = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(tensor=tensor)), timeout=10)
-    by_png = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=png_bytes(pixels[0] / 255.0))), timeout=10)
+    by_png = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=encode_image(pixels[0] / 255.0))), timeout=10)
     assert by_tensor.class_index == by_png.class_index
     assert np.allclose(by_tensor.probabilities, by_png.probabilities, atol=1e-6)
 
@@ -116,7 +103,7 @@ def test_classify_cli_prints_class_per_image(served, fmnist_small, tmp_path):
     paths = []
     for i in range(3):
         path = tmp_path / f"img{i}.png"
-        path.write_bytes(png_bytes(fmnist_small.test.x[i, 0].numpy()))
+        path.write_bytes(encode_image(fmnist_small.test.x[i, 0].numpy()))
         paths.append(str(path))
     result = run_cli("classify", "--target", f"127.0.0.1:{served['port']}", *paths)
     assert result.returncode == 0, result.stderr

@@ -1,15 +1,14 @@
 """advguard.v1.GuardedClassifier, health and reflection against a real server process."""
 from __future__ import annotations
 
-import io
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from tests.support import encode_image
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +17,6 @@ def stub(server):
         yield guard_pb2_grpc.GuardedClassifierStub(channel)
 
 
-def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
-
 
 def tensor_image(x: np.ndarray) -> guard_pb2.Image:
     return guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8, data=x.tobytes()))
@@ -30,7 +24,7 @@ def tensor_image(x: np.ndarray) -> guard_pb2.Image:
 
 def test_classify_answers_with_class_verdict_detectors_and_version(stub, clean_images):
     x, y = clean_images
-    reply = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=png(x[0, 0])), request_id="r1"))
+    reply = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=encode_image(x[0, 0])), request_id="r1"))
     assert reply.model == "fmnist-guarded" and reply.model_version == "1" and reply.answered_by == "model.onnx"
     assert reply.request_id == "r1"
     assert len(reply.probabilities) == 10 and abs(sum(reply.probabilities) - 1) < 1e-4
@@ -49,13 +43,13 @@ def test_classify_answers_with_class_verdict_detectors_and_version(stub, clean_i
 
 def test_png_jpeg_and_tensors_agree(stub, clean_images):
     x = clean_images[0][3]
-    as_png = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=png(x[0]))))
+    as_png = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=encode_image(x[0]))))
     as_uint8 = stub.Classify(guard_pb2.ClassifyRequest(image=tensor_image(x)))
     as_float = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(tensor=guard_pb2.Tensor(
         shape=[1, 1, 28, 28], dtype=guard_pb2.DTYPE_FLOAT32, data=(x.astype("<f4") / 255).tobytes()))))
     np.testing.assert_allclose(as_png.probabilities, as_uint8.probabilities, atol=1e-6)
     np.testing.assert_allclose(as_float.probabilities, as_uint8.probabilities, atol=1e-5)
-    as_jpeg = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=png(x[0], "JPEG"))))
+    as_jpeg = stub.Classify(guard_pb2.ClassifyRequest(image=guard_pb2.Image(encoded=encode_image(x[0], "JPEG"))))
     assert len(as_jpeg.probabilities) == 10
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ import grpc
 import pytest
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from tests.support import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
@@ -33,11 +33,6 @@ def test_promtool_accepts_the_deploy_files(args):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:

@@ -1,10 +1,8 @@
 """TorchServe (real Java server on loopback) serving an advguard .mar with our handler."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from serving.pipeline import Pipeline, verdict_name
 from serving.preprocess import decode_image
+from tests.support import encode_image, free_port
 
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -81,16 +74,11 @@ def torchserve(trained_run, tmp_path_factory):
         proc.wait(timeout=60)
 
 
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 def test_torchserve_answers_like_the_grpc_core(torchserve, fmnist_small):
     pipeline = Pipeline.load(torchserve["bundle"])
     for i in range(8):
-        body = png(fmnist_small.test.x[i, 0].numpy())
+        body = encode_image(fmnist_small.test.x[i, 0].numpy())
         status, answer = post(torchserve["url"], body)
         assert status == 200, answer
         expected = pipeline.run(decode_image(body, pipeline.bundle.input)[None])

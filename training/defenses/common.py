@@ -15,6 +15,7 @@ from training.attacks import create_attack
 from training.checkpoint import MODEL_FILE, load_model, save_model, write_json
 from training.data import Split, Splits
 from training.models import ModelSpec, create_model
+from training.defenses.base import Defense
 from training.trainer import BatchLoss, TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -113,3 +114,17 @@ def run_training(defense, model: nn.Module, spec: ModelSpec, splits: Splits, con
         finalize(out_dir, model, spec, metrics)
         ddp.finish(out_dir)
     return metrics
+
+
+class BatchLossDefense(Defense):
+    """A defence that only changes the per-batch loss: it trains a fresh `model_name` with
+    `batch_loss()` through the shared loop (progress, checkpoints, resume, DDP, metrics)."""
+
+    def batch_loss(self) -> BatchLoss:
+        raise NotImplementedError
+
+    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
+            run_config: dict | None = None, resume: bool = False) -> dict:
+        model, spec = build_model(model_name, splits, train.seed)
+        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
+                            run_config, resume)

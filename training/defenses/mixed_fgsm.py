@@ -3,17 +3,14 @@ FGSM images made with the current model, together."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from training.attacks import FGSM
-from training.data import Splits
 from training.ddp import unwrap
-from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import build_model, run_training
-from training.trainer import TrainConfig
+from training.defenses.base import DefenseConfig
+from training.defenses.common import BatchLossDefense
 
 
 @dataclass(frozen=True)
@@ -33,7 +30,7 @@ class MixedFGSMConfig(DefenseConfig):
             raise ValueError(f"adv_weight must be in [0, 1], got {self.adv_weight}")
 
 
-class MixedFGSM(Defense):
+class MixedFGSM(BatchLossDefense):
     """loss = (1 - w) * CE(f(x), y) + w * CE(f(x + eps * sign(grad_x CE)), y), per batch.
 
     The FGSM images come from the current weights (model in eval mode); clean and
@@ -54,8 +51,3 @@ class MixedFGSM(Defense):
 
         return loss
 
-    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
-            run_config: dict | None = None, resume: bool = False) -> dict:
-        model, spec = build_model(model_name, splits, train.seed)
-        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
-                            run_config, resume)

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from training.attacks import PGD
-from training.data import Splits
 from training.ddp import unwrap
-from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, auto_alpha, build_model, run_training
-from training.trainer import TrainConfig
+from training.defenses.base import DefenseConfig
+from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class PGDATConfig(DefenseConfig):
             raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
 
 
-class PGDAT(Defense):
+class PGDAT(BatchLossDefense):
     """Minimize the loss at the PGD-k maximizer of the eps-ball around every training image.
 
     Adversarial examples are made with the model in eval mode (batch-norm statistics and
@@ -67,8 +64,3 @@ class PGDAT(Defense):
 
         return loss
 
-    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
-            run_config: dict | None = None, resume: bool = False) -> dict:
-        model, spec = build_model(model_name, splits, train.seed)
-        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
-                            run_config, resume)

@@ -3,18 +3,15 @@ the model's predictions on the clean image and on the worst image of its eps-bal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.attacks import eval_mode
-from training.data import Splits
 from training.ddp import unwrap
-from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, auto_alpha, build_model, project_linf, run_training
-from training.trainer import TrainConfig
+from training.defenses.base import DefenseConfig
+from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha, project_linf
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ def kl_maximizer(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, st
     return x_adv.detach()
 
 
-class TRADES(Defense):
+class TRADES(BatchLossDefense):
     """loss = CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')), x' the KL maximizer.
 
     Example: `create_defense("trades", {"beta": "6"}).fit("fmnist-cnn", splits, ...)`
@@ -80,8 +77,3 @@ class TRADES(Defense):
 
         return loss
 
-    def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
-            run_config: dict | None = None, resume: bool = False) -> dict:
-        model, spec = build_model(model_name, splits, train.seed)
-        return run_training(self, model, spec, splits, train, out_dir, self.batch_loss(),
-                            run_config, resume)

@@ -1,8 +1,6 @@
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from serving.bundle import BundleError, load_bundle
 from training.export import export_bundle, onnx_parity

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.models import Normalize, count_parameters, create_model, known_models
+from training.models import Normalize, count_parameters, create_model
 
 
 def test_mnist_base_has_paper_parameter_count():

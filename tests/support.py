@@ -1,0 +1,24 @@
+"""Small helpers shared by tests that talk to real servers."""
+from __future__ import annotations
+
+import io
+import socket
+
+import numpy as np
+from PIL import Image
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    """PNG/JPEG bytes of an H x W (or H x W x C) image: uint8 as is, floats in [0, 1] scaled."""
+    if pixels.dtype != np.uint8:
+        pixels = (np.asarray(pixels) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
