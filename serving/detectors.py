@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.bundle import Bundle
+from serving.bundle import Bundle, BundleError
 from serving.confidence import LowConfidence
 from serving.engine import EngineOptions
 from serving.guard import CalibratedDetector, Detector
+from serving.mia_vote import MIAVote
 from serving.squeezing import FeatureSqueezing
 
 _DETECTORS: dict[str, type] = {}
@@ -23,6 +24,7 @@ def register_detector(name: str):
 
 register_detector("feature-squeezing")(FeatureSqueezing)
 register_detector("low-confidence")(LowConfidence)
+register_detector("mia-vote")(MIAVote)
 
 
 def known_detectors() -> list[str]:
@@ -39,12 +41,22 @@ def create_detector(name: str, options: dict | None = None, bundle_dir: Path | N
 
 
 def build_detectors(bundle: Bundle, engine: EngineOptions | None = None) -> list[CalibratedDetector]:
-    """Instantiate each detector the manifest lists with its calibrated threshold."""
+    """Instantiate each detector the manifest lists with its calibrated threshold.
+
+    A detector that owns a model file (option `file`, e.g. mia-vote's graph) may only use one the
+    manifest lists under `models` with role `detector`: those are the files whose SHA-256 the
+    loader checked."""
     built = []
+    verified = {m.file for m in bundle.models_with_role("detector")}
     for entry in bundle.guard.get("detectors", []):
         if entry["name"] not in _DETECTORS:
             raise KeyError(f"bundle {bundle.path} uses detector {entry['name']!r}; known: "
                            f"{', '.join(known_detectors())}")
+        file = entry.get("options", {}).get("file")
+        if file is not None and file not in verified:
+            raise BundleError(f"{bundle.path}: detector {entry['name']!r} uses {file}, which the manifest's "
+                              "models do not list with role 'detector' (its SHA-256 would go unchecked); "
+                              "re-export the bundle")
         detector = create_detector(entry["name"], entry.get("options", {}), bundle.path, engine)
         built.append(CalibratedDetector(detector, float(entry["threshold"]), float(entry.get("target_fpr", 0.0))))
     return built

@@ -7,7 +7,7 @@ export on clean held-out data to a target false-positive rate, turns the score i
 Detectors that need the primary model's answer on a transformed input (feature squeezing)
 declare those transforms as `views`; the pipeline runs the input and every view through the
 model in one batch and hands the results over in `Outputs`, so no detector runs a model itself
-unless it owns one (a future MIA ensemble or robust model does).
+unless it owns one (`mia-vote` runs the MIA ensemble's graph, a file of the bundle).
 """
 from __future__ import annotations
 

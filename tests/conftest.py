@@ -1,9 +1,13 @@
-"""Shared fixtures: real Fashion-MNIST subsets and a small model trained on one (once per session)."""
+"""Shared fixtures: real Fashion-MNIST subsets, a small model and a small MIA ensemble trained
+on them (once per session)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from tests.support import one_thread
 
 torch = pytest.importorskip("torch")
 
@@ -46,7 +50,26 @@ def one_thread_module():
     """One intra-op thread for a module of small-tensor tests (restored afterwards): on a
     2-core machine shared with other processes, torch's thread pool only adds contention.
     Use with `pytestmark = pytest.mark.usefixtures("one_thread_module")`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_thread():
+        yield
+
+
+MIA_OPTIONS = {"attacks": "fgsm:eps=0.1,pgd:eps=0.1;steps=2;alpha=0.05", "shares": "0.25,0.5", "share": "0.5",
+               "members": "eat1,eat2", "n_bootstraps": "3"}
+
+
+@pytest.fixture(scope="session")
+def mia_run(fmnist_small, tmp_path_factory) -> SimpleNamespace:
+    """A small `mia` run (1,000 training, 200 validation, 200 test images; one epoch per stage;
+    three members): splits, config, out (the run folder), metrics, options (the defence's)."""
+    from training.data import Splits
+    from training.defenses import create_defense
+    from training.trainer import TrainConfig
+
+    splits = Splits(fmnist_small.train.take(1000), fmnist_small.val.take(200), fmnist_small.test.take(200),
+                    fmnist_small.labels, fmnist_small.name)
+    out = tmp_path_factory.mktemp("mia") / "run"
+    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
+    with one_thread():
+        metrics = create_defense("mia", MIA_OPTIONS).fit("mia-target", splits, config, out)
+    return SimpleNamespace(splits=splits, config=config, out=out, metrics=metrics, options=MIA_OPTIONS)

@@ -1,6 +1,8 @@
-"""Small helpers shared by tests that talk to real servers."""
+"""Small helpers shared by tests: free ports and encoded images (tests that talk to real
+servers), one torch thread (tests that train)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 
@@ -22,3 +24,16 @@ def encode_image(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch intra-op thread inside the block, the previous count restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

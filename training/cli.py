@@ -64,7 +64,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                       action=args.guard_action, options={"feature-squeezing": {"bits": args.squeeze_bits}},
                       max_images=args.calibration_images) if detectors else None
     path = export_bundle(Path(args.run), name=args.name, store=Path(args.store), version=args.version,
-                         dataset_limit=args.parity_images, guard=guard, torchserve=args.torchserve)
+                         dataset_limit=args.parity_images, guard=guard, torchserve=args.torchserve,
+                         mia_run=Path(args.mia_run) if args.mia_run else None)
     print(f"bundle written: {path}")
     return 0
 
@@ -151,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <name>.mar (TorchServe archive with advguard's handler) into the bundle")
     p.add_argument("--detectors", default="feature-squeezing,low-confidence",
                    help="guard detectors, comma-separated, calibrated on the run's validation split "
-                        "(default feature-squeezing,low-confidence; 'none': no guard)")
+                        "(default feature-squeezing,low-confidence; 'none': no guard; mia-vote needs --mia-run)")
+    p.add_argument("--mia-run", default=None, metavar="DIR",
+                   help="an `advguard train --defense mia` run: its ensemble goes into the bundle as mia.onnx, "
+                        "the graph of the mia-vote detector (name mia-vote in --detectors)")
     p.add_argument("--target-fpr", type=float, default=0.05, help="clean false-positive rate per detector")
     p.add_argument("--guard-policy", default="any", choices=["any", "majority"])
     p.add_argument("--guard-action", default="flag", choices=["flag", "reject", "fallback"])

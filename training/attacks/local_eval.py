@@ -6,7 +6,11 @@ batch norm, normalization, dropout and element-wise activations, a change to a f
 alters only a window of every feature map. `LocalEvaluator` caches each clean image's
 feature maps once, then for a candidate propagates only the changed window (plus the halo
 each layer needs, taken from the cached maps), pastes the last window into the clean map and
-runs the rest of the network in full. Models it cannot split fall back to a full forward.
+runs the rest of the network in full. When that rest starts with `Flatten` and a `Linear`
+layer (dropout between is the identity in eval mode), the linear layer too sees only the
+window: its output is the clean image's plus the weight columns of the window times the
+window's change (exact up to float rounding), so the full last map is never rebuilt. Models it
+cannot split fall back to a full forward.
 """
 from __future__ import annotations
 
@@ -110,6 +114,51 @@ class LocalEvaluator:
         self.images = _nhwc(x).contiguous()
         self.head = nn.Sequential(*layers[len(self.local):])
         self.enabled = any(kind != "point" for _, kind in self.local)
+        self.linear, self.after_linear = self._split_linear(self.head)
+        if self.enabled and self.linear is not None:
+            with torch.no_grad():
+                self.clean_z = self.linear(_nchw(self.maps[-1]).flatten(1))
+        self._columns: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+    @staticmethod
+    def _split_linear(head: nn.Sequential) -> tuple[nn.Linear | None, nn.Sequential]:
+        """(linear, rest) when head is Flatten, dropouts, Linear, rest...; else (None, head)."""
+        layers = list(head)
+        if not layers or not isinstance(layers[0], nn.Flatten) or layers[0].start_dim != 1:
+            return None, head
+        i = 1
+        while i < len(layers) and isinstance(layers[i], (nn.Dropout, nn.Identity)):
+            i += 1
+        if i < len(layers) and isinstance(layers[i], nn.Linear):
+            return layers[i], nn.Sequential(*layers[i + 1:])
+        return None, head
+
+    def _window_columns(self, r0: int, c0: int, h: int, w: int) -> torch.Tensor:
+        """The linear layer's weight columns (h * w * C, out) of the last map's window at
+        (r0, c0), in the channels-last order of a gathered window; cached per window."""
+        key = (r0, c0, h, w)
+        if key not in self._columns:
+            _, height, width, channels = self.maps[-1].shape
+            rows = torch.arange(r0, r0 + h)[:, None, None]
+            cols = torch.arange(c0, c0 + w)[None, :, None]
+            chan = torch.arange(channels)[None, None, :]
+            idx = ((chan * height + rows) * width + cols).reshape(-1).to(self.linear.weight.device)
+            self._columns[key] = self.linear.weight.index_select(1, idx).t().contiguous()
+        return self._columns[key]
+
+    def _linear_from_window(self, owner: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
+                            crop: torch.Tensor) -> torch.Tensor:
+        """The linear layer's output for the clean last maps with crop (M, h, w, C) pasted in."""
+        m, h, w, c = crop.shape
+        delta = (crop - gather_windows(self.maps[-1], owner, r0, c0, h, w)).reshape(m, -1)
+        width = self.maps[-1].shape[2]
+        where, counts = torch.unique(r0 * width + c0, return_counts=True)
+        order = torch.argsort(r0 * width + c0)
+        parts = [chunk @ self._window_columns(pos // width, pos % width, h, w)
+                 for pos, chunk in zip(where.tolist(), delta[order].split(counts.tolist()))]
+        z = torch.empty(m, self.clean_z.shape[1], dtype=delta.dtype, device=delta.device)
+        z[order] = torch.cat(parts)
+        return z + self.clean_z.index_select(0, owner)
 
     @staticmethod
     def _conv_pad(layer: nn.Conv2d) -> tuple[int, int]:
@@ -150,5 +199,7 @@ class LocalEvaluator:
                 window = gather_windows(self.maps[i], owner, o_r * sh, o_c * sw, ho * sh, wo * sw)
                 crop = layer(_nchw(paste_windows(window, _nhwc(crop), r0 - o_r * sh, c0 - o_c * sw)))
             r0, c0 = o_r, o_c
+        if self.linear is not None:
+            return self.after_linear(self._linear_from_window(owner, r0, c0, _nhwc(crop).contiguous()))
         full = paste_windows(self.maps[-1].index_select(0, owner), _nhwc(crop), r0, c0)
         return self.head(_nchw(full))

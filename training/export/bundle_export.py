@@ -13,6 +13,7 @@ from training.checkpoint import read_json
 from training.checkpoint import load_model
 from training.data import DataConfig, load_splits
 from training.export.calibrate import GuardSpec, calibrate
+from training.export.mia_detector import MIA_DETECTOR, check_mia_request, export_mia_detector, load_mia_run
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ PARITY_TOLERANCE = 1e-4
 
 def export_bundle(run: Path, name: str, store: Path = Path("model_store"), version: str | None = None,
                   dataset_limit: int = 256, guard: dict | GuardSpec | None = None,
-                  torchserve: bool = False) -> Path:
+                  torchserve: bool = False, mia_run: Path | None = None) -> Path:
     """Export `run`'s model as a new bundle version; never overwrites an existing one.
 
     Checks ONNX parity on `dataset_limit` test images (max |p_torch - p_onnx| <= 1e-4).
@@ -29,16 +30,21 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     calibrated on the run's validation split (held out from training) to its target
     false-positive rate; None: no detectors.
     `torchserve`: also build `<name>.mar` into the bundle (recorded under `archives`).
+    `mia_run`: an `advguard train --defense mia` run whose ensemble becomes `mia.onnx`, the graph
+    of the `mia-vote` detector (which `guard` must then name; see `export_mia_detector`).
     The version is assembled in a hidden staging folder and renamed into place at the end, so a
     server polling the store never sees a half-written version.
     """
     run = Path(run)
+    check_mia_request(_detector_names(guard), mia_run)
     model, spec = load_model(run)
     config = read_json(run / "config.json")
     data = DataConfig(**{k: v for k, v in config.get("data", {}).items()
                          if k in DataConfig.__dataclass_fields__})
     # the run's own split (same seed and val_size), so the validation images are the held-out ones
     splits = load_splits(replace(data, limit_test=dataset_limit))
+    ensemble = (load_mia_run(mia_run, tuple(splits.input_shape), tuple(splits.labels), splits.name)
+                if mia_run is not None else None)
     version = version or next_version(store, name)
     final = Path(store) / name / version
     if final.exists():
@@ -51,8 +57,14 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     parity = onnx_parity(model, onnx_path, splits.test.x)
     if parity > PARITY_TOLERANCE:
         raise BundleError(f"ONNX parity failed: max probability difference {parity:.2e} > {PARITY_TOLERANCE}")
+    models = [{"file": "model.onnx", "sha256": sha256_file(onnx_path), "role": "primary", "arch": spec.name,
+               "outputs": "logits", "extra": {"opset": OPSET, "parity_max_abs_diff": parity}}]
+    if ensemble is not None:
+        models.append(export_mia_detector(ensemble, mia_run, out, tuple(splits.input_shape), splits.test.x))
+        if isinstance(guard, GuardSpec):
+            guard = replace(guard, options={**guard.options, MIA_DETECTOR: {"file": models[-1]["file"]}})
     if isinstance(guard, GuardSpec):
-        guard = calibrate(OnnxModel.load(onnx_path), splits.val.x.numpy(), guard)
+        guard = calibrate(OnnxModel.load(onnx_path), splits.val.x.numpy(), guard, bundle_dir=out)
         log.info("guard calibrated on %d validation images: %s", len(splits.val),
                  ", ".join(f"{d['name']} > {d['threshold']:.4g}" for d in guard["detectors"]))
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
@@ -65,9 +77,7 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
         "input": {"shape": list(splits.input_shape), "dtype": "float32", "value_range": [0.0, 1.0],
                   "layout": "NCHW", "mean": list(spec.mean), "std": list(spec.std),
                   "normalization": "inside the model (first layer)"},
-        "models": [{"file": "model.onnx", "sha256": sha256_file(onnx_path), "role": "primary",
-                    "arch": spec.name, "outputs": "logits",
-                    "extra": {"opset": OPSET, "parity_max_abs_diff": parity}}],
+        "models": models,
         "guard": guard or {"detectors": [], "policy": "any", "action": "flag"},
         "robustness": {},
         "training": {"run": str(run), "defense": config.get("defense", "standard"),
@@ -84,3 +94,9 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     out.rename(final)
     log.info("exported %s (parity %.2e)", final, parity)
     return final
+
+
+def _detector_names(guard: dict | GuardSpec | None) -> tuple[str, ...]:
+    if isinstance(guard, GuardSpec):
+        return guard.detectors
+    return tuple(d["name"] for d in (guard or {}).get("detectors", []))

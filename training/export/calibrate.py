@@ -11,7 +11,9 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from serving.engine import OnnxModel
 from serving.guard import Policy, threshold_for_fpr
 from serving.pipeline import model_outputs
 
+log = logging.getLogger(__name__)
 DEFAULT_DETECTORS = ("feature-squeezing", "low-confidence")
 
 
@@ -29,8 +32,8 @@ class GuardSpec:
 
     Args: detectors=("feature-squeezing", "low-confidence"); target_fpr=0.05; policy='any' |
     'majority'; action='flag' | 'reject' | 'fallback'; options: detector name -> options
-    (e.g. {"feature-squeezing": {"bits": 4}}); max_images: calibration images (None: the whole
-    validation split)."""
+    (e.g. {"feature-squeezing": {"bits": 4}}; `advguard export --mia-run` fills in mia-vote's
+    {"file": "mia.onnx"}); max_images: calibration images (None: the whole validation split)."""
 
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
     target_fpr: float = 0.05
@@ -63,16 +66,26 @@ def detector_scores(model: OnnxModel, x: np.ndarray, detectors: list, batch_size
     return np.concatenate(columns)
 
 
-def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str = "validation") -> dict:
-    """The manifest's `guard` section, thresholds set on `x_clean` to `spec.target_fpr`."""
+def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str = "validation",
+              bundle_dir: Path | None = None) -> dict:
+    """The manifest's `guard` section, thresholds set on `x_clean` to `spec.target_fpr`.
+
+    `bundle_dir`: where detectors that own a model file (mia-vote) find it; the same rule holds
+    for every detector, including mia-vote, whose vote-share score is discrete (see
+    `serving/mia_vote.py`: its measured rate can sit below the target, never above it)."""
     if spec.max_images is not None:
         x_clean = x_clean[:spec.max_images]
-    detectors = [create_detector(name, spec.options.get(name, {})) for name in spec.detectors]
+    detectors = [create_detector(name, spec.options.get(name, {}), bundle_dir) for name in spec.detectors]
     scores = detector_scores(model, x_clean, detectors) if detectors else np.zeros((len(x_clean), 0))
     entries = []
     for j, detector in enumerate(detectors):
         threshold = threshold_for_fpr(scores[:, j], spec.target_fpr)
         measured = float(np.mean(scores[:, j] > np.float32(threshold)))
+        if measured == 0.0 and spec.target_fpr * len(x_clean) >= 1:
+            log.warning("%s flags none of the %d calibration images at target FPR %.3g: more than that share "
+                        "ties at its highest clean score %.4g, the threshold, so it may never fire (mia-vote: "
+                        "unanimous votes on clean images; train a stronger ensemble or raise --target-fpr)",
+                        detector.name, len(x_clean), spec.target_fpr, threshold)
         entries.append({"name": detector.name, "threshold": threshold, "target_fpr": spec.target_fpr,
                         "options": detector.options(),
                         "calibration": {"split": split, "images": int(len(x_clean)), "measured_fpr": measured}})

@@ -7,23 +7,14 @@ models (threads spin waiting for each other), and the thread count is restored a
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support import one_thread as _one_thread
+
 EPOCHS, BATCH, LR = 2, 64, 3e-3
-
-
-@contextlib.contextmanager
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -3,32 +3,15 @@ import pytest
 import torch
 
 from training.checkpoint import load_model, read_json
-from training.data import Splits
 from training.defenses import create_defense
 from training.models.mia_ensemble import MIAEnsemble
-from training.trainer import TrainConfig
 
-pytestmark = pytest.mark.slow
-
-OPTIONS = {"attacks": "fgsm:eps=0.1,pgd:eps=0.1;steps=2;alpha=0.05", "shares": "0.25,0.5", "share": "0.5",
-           "members": "eat1,eat2", "n_bootstraps": "3"}
-
-
-pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-@pytest.fixture(scope="module")
-def mia_run(fmnist_small, tmp_path_factory):
-    splits = Splits(fmnist_small.train.take(1000), fmnist_small.val.take(200), fmnist_small.test.take(200),
-                    fmnist_small.labels, fmnist_small.name)
-    out = tmp_path_factory.mktemp("mia") / "run"
-    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
-    metrics = create_defense("mia", OPTIONS).fit("mia-target", splits, config, out)
-    return splits, config, out, metrics
+# `mia_run`: tests/conftest.py
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_module")]
 
 
 def test_stages_and_tables_are_written(mia_run):
-    _, _, out, metrics = mia_run
+    out, metrics = mia_run.out, mia_run.metrics
     for stage in ("source", "eat/eat1/share-25", "eat/eat2/share-50", "members/0-eat1", "members/1-eat2",
                   "members/2-eat1"):
         assert (out / stage / "model.pt").exists(), stage
@@ -39,8 +22,7 @@ def test_stages_and_tables_are_written(mia_run):
 
 
 def test_ensemble_detects_attacks_beyond_its_false_alarms(mia_run):
-    _, _, _, metrics = mia_run
-    report = metrics["detection"]
+    report = mia_run.metrics["detection"]
     assert report["clean_size"] == 200 and set(report["attacks"]) == {"fgsm", "pgd"}
     fpr = report["false_positive_rate"]
     for name in ("fgsm", "pgd"):
@@ -49,21 +31,20 @@ def test_ensemble_detects_attacks_beyond_its_false_alarms(mia_run):
 
 
 def test_checkpoint_reloads_the_ensemble_and_resume_reuses_every_stage(mia_run):
-    splits, config, out, metrics = mia_run
-    model, spec = load_model(out)
+    run = mia_run
+    model, spec = load_model(run.out)
     assert isinstance(model, MIAEnsemble) and spec.num_classes == 11 and len(model.members) == 3
-    again = create_defense("mia", OPTIONS).fit("mia-target", splits, config, out, resume=True)
-    assert again["detection"] == metrics["detection"]
-    assert read_json(out / "metrics.json")["detection"] == metrics["detection"]
+    again = create_defense("mia", run.options).fit("mia-target", run.splits, run.config, run.out, resume=True)
+    assert again["detection"] == run.metrics["detection"]
+    assert read_json(run.out / "metrics.json")["detection"] == run.metrics["detection"]
 
 
 def test_onnx_graph_with_vote_matches_the_trained_ensemble(mia_run, tmp_path):
     from training.defenses.mia_export import export_mia_onnx, mia_onnx_parity
 
-    splits, _, out, _ = mia_run
-    model, _ = load_model(out)
-    adversarial = torch.load(out / "adversarial.pt", weights_only=True)["test"]["x"][:100]
-    images = torch.cat([splits.test.x, adversarial])
+    model, _ = load_model(mia_run.out)
+    adversarial = torch.load(mia_run.out / "adversarial.pt", weights_only=True)["test"]["x"][:100]
+    images = torch.cat([mia_run.splits.test.x, adversarial])
     parity = mia_onnx_parity(model, export_mia_onnx(model, tmp_path / "mia.onnx", (1, 28, 28)), images)
     assert parity["decisions_equal"] == 1.0 and parity["votes_equal"]
     assert parity["max_abs_logit_diff"] < 1e-4
