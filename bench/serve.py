@@ -4,13 +4,13 @@
     (measured before and after the server runs; the faster run is kept);
 (b) grpc.health Check on our server: the transport floor of this server;
 (c) unary Classify (one uint8 28x28 tensor per call), unguarded and guarded;
-(d) ClassifyBatch with 256 images per message, and ClassifyStream (one image per message,
-    up to 256 in flight per stream);
+(d) ClassifyBatch and ClassifyStream with 256 images per message (and, for reference, one
+    stream of 1,024 one-image messages);
 (e) TorchServe REST with advguard's handler on the same bundle (its .mar, or one built into a
     temporary folder), PNG bodies, one worker;
 each of (b)-(d) at concurrency 1, 8 and 32 from one asyncio client process on the same machine,
 then the ratios against the goals. Example:
-    python -m bench.serve --store model_store --model fmnist-cnn
+    python -m bench.serve --store model_store --model fmnist-fast
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
 BATCH = 256
+QUEUE = 32 * 1024 * 2  # images the server may queue: 32 streams x their 1,024-image window, twice
 
 
 def clean_images(n: int) -> np.ndarray:
@@ -90,22 +91,26 @@ async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[in
         for c in CONCURRENCY:
             result = await run_load(lambda i: stub.ClassifyBatch(batch, timeout=300), max(8, c), c)
             rows.append(row("d", f"ClassifyBatch guarded, {BATCH}/message", c, result, BATCH))
+        item = guard_pb2.ClassifyRequest(model=model, batch=batch.batch)
         for c in CONCURRENCY:
-            rows.append(await bench_stream(stub, model, tensors, c, max(1024 // c, BATCH)))
+            rows.append(await bench_stream(stub, model, item, BATCH, c, max(8 // c, 4)))
+        one = guard_pb2.ClassifyRequest(model=model, image=tensors[0])
+        rows.append(await bench_stream(stub, model, one, 1, 1, 1024))  # the one-image-per-item floor
     return rows
 
 
-async def bench_stream(stub, model: str, tensors: list, c: int, per_stream: int) -> dict:
-    """c streams of `per_stream` one-image messages; latency per image, send to answer."""
+async def bench_stream(stub, model: str, item: guard_pb2.ClassifyRequest, per_item: int, c: int,
+                       per_stream: int) -> dict:
+    """c streams of `per_stream` items of `per_item` images each; latency per item, send to answer."""
     result = LoadResult()
 
     async def one_stream() -> None:
         sent: list[float] = []
 
         async def requests():
-            for i in range(per_stream):
+            for _ in range(per_stream):
                 sent.append(time.perf_counter())
-                yield guard_pb2.ClassifyRequest(model=model, image=tensors[i % len(tensors)])
+                yield item
 
         i = 0
         async for reply in stub.ClassifyStream(requests(), timeout=600):
@@ -119,7 +124,7 @@ async def bench_stream(stub, model: str, tensors: list, c: int, per_stream: int)
     began = time.perf_counter()
     await asyncio.gather(*(one_stream() for _ in range(c)))
     result.seconds = time.perf_counter() - began
-    return row("d", f"ClassifyStream guarded, 1/message, {per_stream}/stream", c, result, unit="img/s")
+    return row("d", f"ClassifyStream guarded, {per_item}/message, {per_stream}/stream", c, result, per_item, "img/s")
 
 
 def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
@@ -140,7 +145,7 @@ def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--no-metrics",
            "--poll-seconds", "0", "--threads", str(args.threads), "--instances", str(args.instances),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
-           "--max-queue-size", str(BATCH * 64), *extra]
+           "--max-queue-size", str(QUEUE), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if not line.startswith("advguard ready "):
@@ -164,7 +169,7 @@ def report(rows: list[dict]) -> None:
     raw = get("a", f"in-process guarded pipeline, batch {BATCH}", "-")["rate"]
     guarded, health = get("c", "Classify guarded", 32), get("b", "grpc.health", 32)
     best_batch = max(get("d", "ClassifyBatch", c)["rate"] for c in CONCURRENCY)
-    best_stream = max(get("d", "ClassifyStream", c)["rate"] for c in CONCURRENCY)
+    best_stream = max(get("d", f"ClassifyStream guarded, {BATCH}/", c)["rate"] for c in CONCURRENCY)
     print("\nratios (goal in brackets):")
     print(f"  guarded Classify c=32 / health Check c=32: {guarded['rate'] / health['rate']:.2f}  [>= 0.50]")
     print(f"  guarded Classify c=32 p99: {guarded['p99_ms']:.1f} ms  [<= 10 ms]")
@@ -179,7 +184,7 @@ def report(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default="model_store")
-    p.add_argument("--model", default="fmnist-cnn")
+    p.add_argument("--model", default="fmnist-fast")
     p.add_argument("--version", default="", help="default: the latest")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and in-process (0: one per core)")
     p.add_argument("--instances", type=int, default=1)
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no bundle {args.model} in {args.store}: run `make bundle`")
     print(f"bundle {bundle}; {platform.node()} {os.cpu_count()} CPUs; load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; server --threads {args.threads} --instances "
-          f"{args.instances} --max-batch-size {args.max_batch_size} --max-queue-delay-us {args.max_queue_delay_us}")
+          f"{args.instances} --max-batch-size {args.max_batch_size} --max-queue-delay-us {args.max_queue_delay_us} "
+          f"--max-queue-size {QUEUE}")
     images = clean_images(1024)
     before = bench_in_process(bundle, images, args.threads)
     proc, port = start_server(args, ["--default-model", args.model])

@@ -44,7 +44,7 @@ class TorchServe:
     """A running TorchServe serving `bundle` (context manager); `url` is the predictions path."""
 
     def __init__(self, bundle: Path, startup_seconds: float = 180) -> None:
-        self.bundle, self.startup_seconds = Path(bundle), startup_seconds
+        self.bundle, self.startup_seconds = Path(bundle).resolve(), startup_seconds  # TorchServe runs in self.work
         self.work = Path(tempfile.mkdtemp(prefix="advguard-ts-"))
         self.binary = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
 

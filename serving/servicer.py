@@ -16,7 +16,7 @@ from serving.repository import UnknownModelError
 from serving.served import ServedModel
 
 _DTYPE_NAMES = {guard_pb2.DTYPE_UINT8: "uint8", guard_pb2.DTYPE_FLOAT32: "float32"}
-STREAM_WINDOW = 256        # stream items queued ahead of the one being answered
+STREAM_WINDOW = 1024       # images of a stream queued ahead of the item being answered
 OFFLOAD_BYTES = 64 * 1024  # encoded images larger than this are decoded off the event loop
 
 
@@ -33,6 +33,41 @@ def image_to_array(image: guard_pb2.Image, served: ServedModel, limits: Limits) 
             raise InputError("tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
         return tensor_to_array(tuple(t.shape), dtype, t.data, spec)
     raise InputError("request has no image: set image.encoded (PNG/JPEG bytes) or image.tensor")
+
+
+def batch_to_array(t: guard_pb2.Tensor, served: ServedModel) -> np.ndarray:
+    """An N x C x H x W Tensor message -> float32 in [0, 1]; InputError says what was wrong."""
+    dtype = _DTYPE_NAMES.get(t.dtype)
+    if dtype is None:
+        raise InputError("batch tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
+    return tensor_to_array(tuple(t.shape), dtype, t.data, served.bundle.input, batched=True)
+
+
+async def stream_item_to_array(request: guard_pb2.ClassifyRequest, served: ServedModel, limits: Limits) -> np.ndarray:
+    """A ClassifyStream item -> N x C x H x W: its `batch`, or its one `image`."""
+    if request.HasField("batch"):
+        if request.HasField("image"):
+            raise InputError("set either image or batch, not both")
+        return batch_to_array(request.batch, served)
+    return (await decode(request.image, served, limits))[None]
+
+
+class ImageWindow:
+    """At most `limit` images in flight; one item larger than that may go alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_flight = limit, 0
+        self.changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.in_flight == 0 or self.in_flight + n <= self.limit)
+            self.in_flight += n
+
+    async def release(self, n: int) -> None:
+        async with self.changed:
+            self.in_flight -= n
+            self.changed.notify_all()
 
 
 async def decode(image: guard_pb2.Image, served: ServedModel, limits: Limits) -> np.ndarray:
@@ -89,6 +124,9 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{where}{err}")
 
     async def Classify(self, request, context):
+        if request.HasField("batch"):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "batch is for ClassifyStream items; send many images in one call with ClassifyBatch")
         served = await self.dispatcher.model(request.model, request.version, context)
         x = await self._decode(request.image, served, context)
         result = await self.dispatcher.infer(served, x[None], not request.skip_guard, context)
@@ -99,12 +137,8 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
         if request.images and request.HasField("batch"):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "set either images or batch, not both")
         if request.HasField("batch"):
-            t = request.batch
             try:
-                dtype = _DTYPE_NAMES.get(t.dtype)
-                if dtype is None:
-                    raise InputError("batch tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
-                x = tensor_to_array(tuple(t.shape), dtype, t.data, served.bundle.input, batched=True)
+                x = batch_to_array(request.batch, served)
             except InputError as err:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         elif request.images:
@@ -116,25 +150,27 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
         return guard_pb2.ClassifyBatchResponse(results=[to_response(served, result, i) for i in range(len(x))])
 
     async def ClassifyStream(self, request_iterator, context):
-        """Items are queued as they arrive (up to STREAM_WINDOW ahead) and answered in order; a
-        bad item gets a response with `error` set and the stream goes on."""
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        """Items (one image, or a batch) are queued as they arrive, up to STREAM_WINDOW images
+        ahead, and answered in order; a bad item gets a response with `error` set and the
+        stream goes on."""
+        window = ImageWindow(STREAM_WINDOW)
         pending: asyncio.Queue = asyncio.Queue()
         dispatcher = self.dispatcher
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await window.acquire()
                     began = time.perf_counter()
                     try:
                         served = dispatcher.models.repo.get(request.model, request.version)
-                        x = await decode(request.image, served, self.limits)
-                        future = served.batcher.submit_nowait(x[None], not request.skip_guard, deadline_of(context))
-                        pending.put_nowait((request, served, future, began, None))
+                        x = await stream_item_to_array(request, served, self.limits)
+                        await window.acquire(len(x))
+                        future = served.batcher.submit_nowait(x, not request.skip_guard, deadline_of(context))
+                        pending.put_nowait((request, served, future, began, None, len(x)))
                     except (UnknownModelError, InputError, *QUEUE_ERRORS) as err:
                         code = STATUS_OF.get(type(err), grpc.StatusCode.INVALID_ARGUMENT)
-                        pending.put_nowait((request, None, None, began, guard_pb2.Error(code=code.value[0], message=str(err))))
+                        error = guard_pb2.Error(code=code.value[0], message=str(err))
+                        pending.put_nowait((request, None, None, began, error, 0))
                 pending.put_nowait(None)
             except BaseException as err:  # the call ended under us: wake the writer
                 pending.put_nowait(err)
@@ -145,20 +181,25 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
             while (item := await pending.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                request, served, future, began, error = item
+                request, served, future, began, error, n = item
                 if error is None:
                     try:
                         result = await future
                     except QUEUE_ERRORS as err:
                         error = guard_pb2.Error(code=STATUS_OF[type(err)].value[0], message=str(err))
+                await window.release(n)
                 if error is not None:
-                    response = guard_pb2.ClassifyResponse(request_id=request.request_id, error=error)
+                    yield guard_pb2.ClassifyResponse(request_id=request.request_id, error=error)
+                    continue
+                verdict = dispatcher.record(served, result)
+                if request.HasField("batch"):
+                    response = guard_pb2.ClassifyResponse(
+                        request_id=request.request_id, model=served.bundle.name, model_version=served.bundle.version,
+                        results=[to_response(served, result, i) for i in range(n)])
                 else:
-                    verdict = dispatcher.record(served, result)
                     response = to_response(served, result, 0, request.request_id)
-                    dispatcher.metrics.stream_item_latency.labels(served.bundle.name, verdict).observe(
-                        time.perf_counter() - began)
-                window.release()
+                dispatcher.metrics.stream_item_latency.labels(served.bundle.name, verdict).observe(
+                    time.perf_counter() - began)
                 yield response
         finally:
             reader.cancel()

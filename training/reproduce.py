@@ -53,6 +53,13 @@ SCALES = {
     "full": Scale(DataConfig("fashion-mnist", val_size=5000), "fmnist-cnn",
                   TrainConfig(epochs=10, batch_size=128, lr=2e-3), train_steps=10, finetune_epochs=3,
                   per_class=100, distill_model="distill-cnn", distill_paper_schedule=True, eval_n=10000),
+    # all of Fashion-MNIST, sized for a 2-core CPU in about an hour: the serving-speed model
+    # (fmnist-fast, ~2M multiply-adds per image) for every run, PGD-5 / TRADES-5 training and
+    # the evaluation on the first 2,000 test images
+    "full-fast": Scale(DataConfig("fashion-mnist", val_size=5000, limit_test=2000), "fmnist-fast",
+                       TrainConfig(epochs=10, batch_size=128, lr=2e-3), train_steps=5, finetune_epochs=3,
+                       per_class=50, distill_model="fmnist-fast", distill_paper_schedule=False, eval_n=2000,
+                       square_queries=1000),
     "reduced": Scale(DataConfig("fashion-mnist", val_size=1000, limit_train=10000, limit_test=500),
                      "mnist-base", TrainConfig(epochs=4, batch_size=128, lr=2e-3), train_steps=5,
                      finetune_epochs=2, per_class=20, distill_model="mnist-base",

@@ -86,6 +86,36 @@ def test_a_bad_stream_item_gets_an_error_and_the_stream_goes_on(stub, clean_imag
     assert "not a PNG or JPEG" in replies[2].error.message
 
 
+def batch_tensor(x: np.ndarray) -> guard_pb2.Tensor:
+    return guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8, data=x.tobytes())
+
+
+def test_stream_items_may_carry_batches(stub, clean_images):
+    x = clean_images[0][:40]
+    whole = stub.ClassifyBatch(guard_pb2.ClassifyBatchRequest(batch=batch_tensor(x))).results
+    items = [guard_pb2.ClassifyRequest(batch=batch_tensor(x[:30]), request_id="b30"),
+             guard_pb2.ClassifyRequest(image=tensor_image(x[30]), request_id="one"),
+             guard_pb2.ClassifyRequest(image=tensor_image(x[31]), batch=batch_tensor(x[31:33]), request_id="both"),
+             guard_pb2.ClassifyRequest(batch=batch_tensor(x[31:40]), request_id="b9")]
+    replies = list(stub.ClassifyStream(iter(items)))
+    assert [r.request_id for r in replies] == ["b30", "one", "both", "b9"]
+    assert len(replies[0].results) == 30 and len(replies[3].results) == 9 and not replies[1].results
+    assert replies[0].model == "fmnist-guarded" and replies[0].model_version == "1"
+    streamed = [*replies[0].results, replies[1], *replies[3].results]
+    assert [r.class_index for r in streamed] == [r.class_index for r in whole]
+    assert [r.verdict for r in streamed] == [r.verdict for r in whole]
+    np.testing.assert_allclose(streamed[35].probabilities, whole[35].probabilities, atol=1e-6)
+    assert replies[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "either image or batch" in replies[2].error.message
+
+
+def test_unary_classify_refuses_a_batch(stub, clean_images):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(guard_pb2.ClassifyRequest(batch=batch_tensor(clean_images[0][:2])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ClassifyBatch" in err.value.details()
+
+
 def test_skip_guard_and_the_unguarded_bundle(stub, clean_images):
     image = tensor_image(clean_images[0][0])
     skipped = stub.Classify(guard_pb2.ClassifyRequest(image=image, skip_guard=True))
