@@ -7,8 +7,9 @@ DATA_DIR  ?= /usr/share/datasets/fashion-mnist
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
 METRICS_PORT ?= 9100
-BUNDLE    ?= model_store/fmnist-cnn
-BUNDLE_EPOCHS ?= 4
+MODEL     ?= fmnist-fast
+BUNDLE    ?= model_store/$(MODEL)
+BUNDLE_EPOCHS ?= 10
 PROTOS    := $(wildcard protos/advguard/v1/*.proto protos/inference/*.proto)
 PROTO_STAMP := protos/.generated
 
@@ -48,12 +49,12 @@ bundle: setup
 	@if [ -f $(BUNDLE)/latest/manifest.json ] || ls $(BUNDLE)/*/manifest.json >/dev/null 2>&1; then \
 	  echo "bundle present under $(BUNDLE)"; \
 	else \
-	  $(BIN)/advguard train --model fmnist-cnn --dataset fashion-mnist --epochs $(BUNDLE_EPOCHS) --out runs/fmnist-cnn-default && \
-	  $(BIN)/advguard export --run runs/fmnist-cnn-default --name fmnist-cnn --store model_store --torchserve; \
+	  $(BIN)/advguard train --model $(MODEL) --dataset fashion-mnist --epochs $(BUNDLE_EPOCHS) --out runs/$(MODEL)-default && \
+	  $(BIN)/advguard export --run runs/$(MODEL)-default --name $(MODEL) --store model_store --torchserve; \
 	fi
 
 serve: bundle
-	$(BIN)/advguard serve --store model_store --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
 test: setup prometheus
 	$(BIN)/python -m pytest -q -ra

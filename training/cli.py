@@ -77,10 +77,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from serving.client import classify_files
+    from serving.client import Connection, classify_files
 
-    return classify_files(args.target, [Path(p) for p in args.images], model=args.model,
-                          timeout=args.timeout)
+    try:
+        connection = Connection.from_files(args.target, args.tls_ca, args.tls_cert, args.tls_key,
+                                           args.auth_token_file)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"advguard classify: {err}") from None
+    return classify_files(connection, [Path(p) for p in args.images], model=args.model, timeout=args.timeout)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model (standard or with a defence)")
-    p.add_argument("--model", default="fmnist-cnn", help="registered model name (default fmnist-cnn)")
+    p.add_argument("--model", default="fmnist-fast", help="registered model name (default fmnist-fast)")
     p.add_argument("--defense", default="standard", help="standard (default) or a registered defence")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
@@ -180,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of `advguard serve`")
     p.add_argument("--model", default="", help="bundle name (default: the server's only/first)")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--tls-ca", default=None, help="PEM certificate(s) to trust; turns TLS on")
+    p.add_argument("--tls-cert", default=None, help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--tls-key", default=None, help="client key (PEM), for mutual TLS")
+    p.add_argument("--auth-token-file", default=None,
+                   help="file holding the bearer token (default: $ADVGUARD_AUTH_TOKEN, else none)")
     p.add_argument("images", nargs="+", help="PNG or JPEG files")
     p.set_defaults(func=cmd_classify)
     return parser

@@ -5,7 +5,6 @@ import asyncio
 import json
 import shutil
 import signal
-import subprocess
 
 import grpc
 import pytest
@@ -71,17 +70,6 @@ def test_hot_reload_under_load_fails_no_request(guarded_bundle, tools, clean_ima
     assert seen[0] == "1" and seen[-1] == "2" and load.ok > 20
     assert list(info.versions) == ["2"]  # 3 refused, 1 unloaded
     assert code == 0 and "SHA-256" in server.log_text() and "not loading" in server.log_text()
-
-
-@pytest.fixture
-def tls_files(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl missing")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
 
 
 def test_sigterm_under_load_loses_no_accepted_request(serving_store, tools, clean_images, tls_files, tmp_path):
