@@ -137,11 +137,18 @@ def tools():
 
 
 @pytest.fixture
-def tls_files(tmp_path):
+def secure_server(serving_store, tmp_path):
+    """A server on serving_store with TLS (a self-signed certificate for 127.0.0.1) and a bearer
+    token: (server, certificate path, token file holding `s3cret-token`)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl missing")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key, token_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "token"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
+    token_file.write_text("s3cret-token\n")
+    server = start_server(serving_store, tmp_path / "server.log", "--poll-seconds", "0", "--tls-cert", str(cert),
+                          "--tls-key", str(key), "--auth-token-file", str(token_file))
+    yield server, cert, token_file
+    if server.proc.poll() is None:
+        server.stop()

@@ -12,28 +12,21 @@ def classify(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
                           text=True, timeout=120, env=env)
 
 
-def test_classify_over_tls_with_a_token(serving_store, tools, clean_images, tls_files, tmp_path):
-    cert, key = tls_files
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
-    server = tools.start_server(serving_store, tmp_path / "server.log", "--poll-seconds", "0",
-                                "--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token_file))
-    try:
-        x, y = clean_images
-        image = tmp_path / "shoe.png"
-        image.write_bytes(encode_image(x[0, 0]))
-        target = ["--target", server.target, "--model", "fmnist-guarded"]
-        ok = classify(*target, "--tls-ca", str(cert), "--auth-token-file", str(token_file), str(image))
-        assert ok.returncode == 0, ok.stderr
-        path, index, name, prob, verdict = ok.stdout.strip().split("\t")
-        assert path == str(image) and 0 <= int(index) < 10 and 0 < float(prob) <= 1
-        assert verdict in ("CLEAN", "SUSPICIOUS", "ADVERSARIAL")
-        no_token = classify(*target, "--tls-ca", str(cert), str(image))
-        assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
-        plaintext = classify(*target, "--auth-token-file", str(token_file), "--timeout", "5", str(image))
-        assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
-    finally:
-        server.stop()
+def test_classify_over_tls_with_a_token(secure_server, clean_images, tmp_path):
+    server, cert, token_file = secure_server
+    x, y = clean_images
+    image = tmp_path / "shoe.png"
+    image.write_bytes(encode_image(x[0, 0]))
+    target = ["--target", server.target, "--model", "fmnist-guarded"]
+    ok = classify(*target, "--tls-ca", str(cert), "--auth-token-file", str(token_file), str(image))
+    assert ok.returncode == 0, ok.stderr
+    path, index, name, prob, verdict = ok.stdout.strip().split("\t")
+    assert path == str(image) and 0 <= int(index) < 10 and 0 < float(prob) <= 1
+    assert verdict in ("CLEAN", "SUSPICIOUS", "ADVERSARIAL")
+    no_token = classify(*target, "--tls-ca", str(cert), str(image))
+    assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+    plaintext = classify(*target, "--auth-token-file", str(token_file), "--timeout", "5", str(image))
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
 
 
 def test_classify_explains_a_half_configured_mutual_tls(tmp_path):

@@ -72,12 +72,8 @@ def test_hot_reload_under_load_fails_no_request(guarded_bundle, tools, clean_ima
     assert code == 0 and "SHA-256" in server.log_text() and "not loading" in server.log_text()
 
 
-def test_sigterm_under_load_loses_no_accepted_request(serving_store, tools, clean_images, tls_files, tmp_path):
-    cert, key = tls_files
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
-    server = tools.start_server(serving_store, tmp_path / "server.log", "--poll-seconds", "0",
-                                "--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token_file))
+def test_sigterm_under_load_loses_no_accepted_request(secure_server, clean_images):
+    server, cert, _ = secure_server
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     request = request_for(clean_images)
     auth = (("authorization", "Bearer s3cret-token"),)
