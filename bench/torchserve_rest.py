@@ -43,7 +43,8 @@ def png_files(images: np.ndarray) -> list[bytes]:
 class TorchServe:
     """A running TorchServe serving `bundle` (context manager); `url` is the predictions path."""
 
-    def __init__(self, bundle: Path, startup_seconds: float = 180) -> None:
+    def __init__(self, bundle: Path, startup_seconds: float = 180, workers: int = 1) -> None:
+        self.workers = workers
         self.bundle, self.startup_seconds = Path(bundle).resolve(), startup_seconds  # TorchServe runs in self.work
         self.work = Path(tempfile.mkdtemp(prefix="advguard-ts-"))
         self.binary = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
@@ -57,7 +58,7 @@ class TorchServe:
         ports = {kind: _free_port() for kind in ("inference", "management", "metrics")}
         config = self.work / "config.properties"
         config.write_text("".join(f"{kind}_address=http://127.0.0.1:{port}\n" for kind, port in ports.items())
-                          + "default_workers_per_model=1\ndisable_system_metrics=true\n")
+                          + f"default_workers_per_model={self.workers}\ndisable_system_metrics=true\n")
         self.proc = subprocess.Popen(
             [self.binary, "--start", "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(config),
              "--model-store", str(mar.parent), "--models", f"{name}={mar.name}"],
