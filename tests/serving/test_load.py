@@ -80,12 +80,14 @@ def test_an_expired_deadline_is_answered_deadline_exceeded_and_not_run(server, c
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = guard_pb2_grpc.GuardedClassifierStub(channel)
             backlog = [asyncio.ensure_future(stub.ClassifyBatch(busy, timeout=120)) for _ in range(4)]
-            # wait (observing the server's gauge) until two 128-image batches wait behind a running one
+            # wait (observing the server's gauge) until two 128-image batches (~0.25 s of work) wait
+            # behind a running one; the call's 0.1 s deadline then expires in the queue, while it is
+            # long enough for the call to reach the server on a loaded machine
             while await loop.run_in_executor(None, lambda: sample(scrape(server), "advguard_queue_depth",
                                                                   model="fmnist-guarded")) < 256:
                 assert not all(b.done() for b in backlog), "the backlog finished before it was observed"
             try:
-                await stub.Classify(request, timeout=0.03)
+                await stub.Classify(request, timeout=0.1)
                 code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as err:
                 code = err.code()
