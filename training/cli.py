@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="robustness report: clean, per-attack and worst-case accuracy")
     p.add_argument("--model", required=True, help="run folder or checkpoint file")
-    p.add_argument("--suite", default="standard", choices=["standard", "quick", "distill"],
+    p.add_argument("--suite", default="standard", choices=["standard", "quick", "distill", "pgd40"],
                    help="standard: FGSM, PGD-40 CE and margin (step 0.01) with restarts, Square; "
-                        "quick: FGSM + PGD-10; distill: standard + PGD on logits/T")
+                        "quick: FGSM + PGD-10; distill: standard + PGD on logits/T; pgd40: PGD-40 CE only")
     p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixels in [0, 1])")
     p.add_argument("--restarts", type=int, default=5, help="PGD restarts (standard/distill suites)")
     p.add_argument("--temperature", type=float, default=None,

@@ -57,4 +57,9 @@ def quick_suite(eps: float = 0.1) -> tuple[AttackSpec, ...]:
     )
 
 
-SUITES = {"standard": standard_suite, "quick": quick_suite}
+def pgd40_suite(eps: float = 0.1, restarts: int = 5) -> tuple[AttackSpec, ...]:
+    """The issue-4 table's one column (PGD-40 CE with restarts), for a whole test set."""
+    return standard_suite(eps, restarts)[1:2]
+
+
+SUITES = {"standard": standard_suite, "quick": quick_suite, "pgd40": pgd40_suite}
