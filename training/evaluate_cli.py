@@ -6,8 +6,7 @@ from pathlib import Path
 
 from training.checkpoint import load_model, read_json, write_json
 from training.data import DataConfig, load_splits
-from training.evaluate import distill_suite, evaluate, quick_suite, standard_suite
-from training.evaluate.suite import pgd40_suite
+from training.evaluate import SUITES, distill_suite, evaluate, quick_suite
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -20,15 +19,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                     seed=data.get("seed", 0), limit_test=args.n))
     if args.suite == "quick":
         suite = quick_suite(args.eps)
-    elif args.suite == "pgd40":
-        suite = pgd40_suite(args.eps, args.restarts)
     elif args.suite == "distill":
         temperature = args.temperature or float(config.get("options", {}).get("temperature", 0) or 0)
         if not temperature:
             raise ValueError("--suite distill needs --temperature (the run's config has none)")
         suite = distill_suite(temperature, args.eps, args.restarts)
-    else:
-        suite = standard_suite(args.eps, args.restarts)
+    else:  # standard, pgd40: (eps, restarts)
+        suite = SUITES[args.suite](args.eps, args.restarts)
     report = evaluate(model, splits.test, suite, batch_size=args.batch_size, name=str(run_dir.name))
     out = Path(args.out)
     report.save(out)

@@ -152,8 +152,9 @@ class LocalEvaluator:
         m, h, w, c = crop.shape
         delta = (crop - gather_windows(self.maps[-1], owner, r0, c0, h, w)).reshape(m, -1)
         width = self.maps[-1].shape[2]
-        where, counts = torch.unique(r0 * width + c0, return_counts=True)
-        order = torch.argsort(r0 * width + c0)
+        position = r0 * width + c0
+        where, counts = torch.unique(position, return_counts=True)
+        order = torch.argsort(position)
         parts = [chunk @ self._window_columns(pos // width, pos % width, h, w)
                  for pos, chunk in zip(where.tolist(), delta[order].split(counts.tolist()))]
         z = torch.empty(m, self.clean_z.shape[1], dtype=delta.dtype, device=delta.device)
