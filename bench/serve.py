@@ -9,8 +9,11 @@
 (e) TorchServe REST with advguard's handler on the same bundle (its .mar, or one built into a
     temporary folder), PNG bodies, with 1 and with 2 workers (TorchServe's own default is one
     per core);
-each of (b)-(d) at concurrency 1, 8 and 32 from one asyncio client process on the same machine,
-then the ratios against the goals. Example:
+each of (b)-(e) at concurrency 1, 8 and 32, then the ratios against the goals. The unary rows
+(b), (c) and (e) come from h2load (nghttp2's load generator in C; `bench/h2load.py`) when it is
+installed, so that the client does not take the CPU the server needs on a 2-core machine;
+`--client python` (or no h2load) runs them from one asyncio gRPC/HTTP client process instead,
+as (d) always does. Both clients run on the same machine as the servers. Example:
     python -m bench.serve --store model_store --model fmnist-fast
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import h2load
 from bench.loadgen import LoadResult, run_load
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 
@@ -71,10 +75,34 @@ def bench_in_process(bundle: Path, images: np.ndarray, threads: int) -> list[dic
     return rows
 
 
-async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
+def image_messages(images: np.ndarray) -> list[guard_pb2.Image]:
+    return [guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8,
+                                                    data=x.tobytes())) for x in images]
+
+
+def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
+    """(b) and (c) from h2load: every call carries the first test image."""
+    health = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+    check = "/grpc.health.v1.Health/Check"
+    h2load.grpc_load(target, check, b"", len(health), 200, 8)  # warm up
+    rows = [row("b", "grpc.health Check", c, h2load.grpc_load(target, check, b"", len(health), calls[c], c))
+            for c in CONCURRENCY]
+    with grpc.insecure_channel(target) as channel:
+        stub = guard_pb2_grpc.GuardedClassifierStub(channel)
+        for guard in (False, True):
+            request = guard_pb2.ClassifyRequest(model=model, image=image_messages(images[:1])[0], skip_guard=not guard)
+            answer = len(stub.Classify(request, timeout=60).SerializeToString())
+            message = request.SerializeToString()
+            for c in CONCURRENCY:
+                result = h2load.grpc_load(target, "/advguard.v1.GuardedClassifier/Classify", message, answer, calls[c], c)
+                rows.append(row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, result))
+    return rows
+
+
+async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[int, int], unary: bool) -> list[dict]:
+    """(d), and (b) and (c) too when `unary`, from this process's asyncio gRPC client."""
     rows = []
-    tensors = [guard_pb2.Image(tensor=guard_pb2.Tensor(shape=[1, 28, 28], dtype=guard_pb2.DTYPE_UINT8,
-                                                       data=x.tobytes())) for x in images]
+    tensors = image_messages(images)
     batch = guard_pb2.ClassifyBatchRequest(model=model, batch=guard_pb2.Tensor(
         shape=[BATCH, 1, 28, 28], dtype=guard_pb2.DTYPE_UINT8, data=images[:BATCH].tobytes()))
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
@@ -82,9 +110,9 @@ async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[in
         health = health_pb2_grpc.HealthStub(channel)
         check = health_pb2.HealthCheckRequest()
         await run_load(lambda i: health.Check(check), 200, 8)  # warm the channel
-        for c in CONCURRENCY:
+        for c in CONCURRENCY if unary else ():
             rows.append(row("b", "grpc.health Check", c, await run_load(lambda i: health.Check(check), calls[c], c)))
-        for guard in (False, True):
+        for guard in (False, True) if unary else ():
             requests = [guard_pb2.ClassifyRequest(model=model, image=t, skip_guard=not guard) for t in tensors]
             for c in CONCURRENCY:
                 result = await run_load(lambda i: stub.Classify(requests[i % len(requests)], timeout=60), calls[c], c)
@@ -128,16 +156,22 @@ async def bench_stream(stub, model: str, item: guard_pb2.ClassifyRequest, per_it
     return row("d", f"ClassifyStream guarded, {per_item}/message, {per_stream}/stream", c, result, per_item, "img/s")
 
 
-def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], workers: int) -> list[dict]:
+def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], workers: int, client: str) -> list[dict]:
     """(e): TorchServe with advguard's handler on the same bundle, PNG bodies over REST."""
     from bench.torchserve_rest import TorchServe, png_files, rest_load
+
+    def load(ts: TorchServe, bodies: list[bytes], total: int, c: int):
+        if client == "h2load":  # the first image, as in (c)
+            return h2load.run(f"http://127.0.0.1:{ts.port}{ts.path}", bodies[0], total, c,
+                              {"content-type": "application/octet-stream"}, h1=True)[0]
+        return asyncio.run(rest_load(ts.port, ts.path, bodies, total, c))
 
     try:
         with TorchServe(bundle, workers=workers) as ts:
             bodies = png_files(images[:256])
-            asyncio.run(rest_load(ts.port, ts.path, bodies, 50, 4))  # warm up
+            load(ts, bodies, 50, 4)  # warm up
             return [row("e", f"TorchServe REST guarded (PNG body), {workers} worker(s)", c,
-                        asyncio.run(rest_load(ts.port, ts.path, bodies, calls[c], c))) for c in CONCURRENCY]
+                        load(ts, bodies, calls[c], c)) for c in CONCURRENCY]
     except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as err:
         return [{"section": "e", "name": "TorchServe REST", "note": f"n/a: {err}"}]
 
@@ -194,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false",
                    help="skip (e) (it needs Java and torchserve, and builds a .mar when the bundle has none)")
+    p.add_argument("--client", choices=("h2load", "python"), default="h2load" if h2load.available() else "python",
+                   help="load generator for the unary rows (b), (c), (e); default h2load when installed")
     p.add_argument("--torchserve-workers", type=int, nargs="+", default=[1, 2],
                    help="TorchServe worker counts to run (e) with; the ratio uses the fastest")
     args = p.parse_args(argv)
@@ -206,13 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {bundle}; {platform.node()} {os.cpu_count()} CPUs; load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; server --threads {args.threads} --instances "
           f"{args.instances} --max-batch-size {args.max_batch_size} --max-queue-delay-us {args.max_queue_delay_us} "
-          f"--max-queue-size {QUEUE}")
+          f"--max-queue-size {QUEUE}; unary client {args.client}")
     images = clean_images(1024)
     before = bench_in_process(bundle, images, args.threads)
     proc, port = start_server(args, ["--default-model", args.model])
     try:
         calls = {c: int(n * args.scale) for c, n in {1: 500, 8: 1000, 32: 2000}.items()}
-        served = asyncio.run(bench_grpc(f"127.0.0.1:{port}", args.model, images, calls))
+        target = f"127.0.0.1:{port}"
+        served = h2load_unary_rows(target, args.model, images, calls) if args.client == "h2load" else []
+        served += asyncio.run(bench_grpc(target, args.model, images, calls, unary=args.client == "python"))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -222,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [max(b, a, key=lambda r: r["rate"]) for b, a in zip(before, after)] + served
     if args.torchserve:
         for workers in args.torchserve_workers:
-            rows += torchserve_rows(bundle, images, {c: max(c * 4, n // 4) for c, n in calls.items()}, workers)
+            rows += torchserve_rows(bundle, images, {c: max(c * 4, n // 4) for c, n in calls.items()}, workers,
+                                   args.client)
     else:
         rows.append({"section": "e", "name": "TorchServe REST", "note": "skipped (--no-torchserve)"})
     report(rows)

@@ -1,0 +1,29 @@
+"""bench/h2load.py against the shared server: good calls counted from their bodies, gRPC errors
+(HTTP 200 with trailers only) counted as errors, not as fast successes."""
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import pytest
+
+from bench import h2load
+from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from tests.serving.test_load import unary_requests
+
+pytestmark = pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load missing: apt-get install nghttp2-client")
+
+
+def test_h2load_counts_good_answers_and_grpc_errors(server, clean_images):
+    request = unary_requests(clean_images[0][:1])[0]
+    with grpc.insecure_channel(server.target) as channel:
+        answer = len(guard_pb2_grpc.GuardedClassifierStub(channel).Classify(request, timeout=30).SerializeToString())
+    method = "/advguard.v1.GuardedClassifier/Classify"
+
+    good = h2load.grpc_load(server.target, method, request.SerializeToString(), answer, 200, 8)
+    assert good.codes == {"OK": 200}
+    assert len(good.latencies) == 200 and good.rate > 0 and 0 < good.percentile(50) <= good.percentile(99)
+
+    unknown = guard_pb2.ClassifyRequest(model="no-such-model", image=request.image).SerializeToString()
+    bad = h2load.grpc_load(server.target, method, unknown, answer, 50, 4)
+    assert bad.ok == 0 and bad.codes["gRPC error (no body)"] == 50
