@@ -13,7 +13,7 @@ BUNDLE_EPOCHS ?= 10
 PROTOS    := $(wildcard protos/advguard/v1/*.proto protos/inference/*.proto)
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup data protos test serve bundle clean lint prometheus h2load bench-serve
+.PHONY: setup data protos test serve bundle clean lint prometheus loadgen-tools bench-serve
 
 setup: $(STAMP) $(PROTO_STAMP) data
 
@@ -45,13 +45,13 @@ prometheus:
 	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q prometheus || (apt-get update -q && apt-get install -y -q prometheus)) ) || \
 	  echo "prometheus missing: sudo apt-get install prometheus" >&2
 
-# h2load (Debian's nghttp2-client) is bench/serve.py's load generator for unary calls.
-h2load:
-	@command -v h2load >/dev/null 2>&1 || \
-	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q nghttp2-client || (apt-get update -q && apt-get install -y -q nghttp2-client)) ) || \
-	  echo "h2load missing: sudo apt-get install nghttp2-client (bench.serve falls back to its Python client)" >&2
+# h2load (Debian's nghttp2-client) and wrk: bench/serve.py's load generators for unary calls.
+loadgen-tools:
+	@(command -v h2load && command -v wrk) >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q nghttp2-client wrk || (apt-get update -q && apt-get install -y -q nghttp2-client wrk)) ) || \
+	  echo "h2load/wrk missing: sudo apt-get install nghttp2-client wrk (bench.serve falls back to its Python clients)" >&2
 
-bench-serve: bundle h2load
+bench-serve: bundle loadgen-tools
 	$(BIN)/python -m bench.serve --store model_store --model $(MODEL)
 
 bundle: setup
@@ -65,7 +65,7 @@ bundle: setup
 serve: bundle
 	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: setup prometheus h2load
+test: setup prometheus loadgen-tools
 	$(BIN)/python -m pytest -q -ra
 
 clean:

@@ -10,10 +10,11 @@
     temporary folder), PNG bodies, with 1 and with 2 workers (TorchServe's own default is one
     per core);
 each of (b)-(e) at concurrency 1, 8 and 32, then the ratios against the goals. The unary rows
-(b), (c) and (e) come from h2load (nghttp2's load generator in C; `bench/h2load.py`) when it is
-installed, so that the client does not take the CPU the server needs on a 2-core machine;
-`--client python` (or no h2load) runs them from one asyncio gRPC/HTTP client process instead,
-as (d) always does. Both clients run on the same machine as the servers. Example:
+(b), (c) and (e) come from load generators written in C when they are installed (`--client c`:
+h2load for gRPC, `bench/h2load.py`; wrk for TorchServe's HTTP/1.1, `bench/wrk.py`), so that the
+client does not take the CPU the servers need on a 2-core machine; `--client python` (or either
+tool missing) runs them from one asyncio gRPC/HTTP client process instead, as (d) always does.
+Every client runs on the same machine as the servers. Example:
     python -m bench.serve --store model_store --model fmnist-fast
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import h2load
+from bench import h2load, wrk
 from bench.loadgen import LoadResult, run_load
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 
@@ -161,9 +162,9 @@ def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], wor
     from bench.torchserve_rest import TorchServe, png_files, rest_load
 
     def load(ts: TorchServe, bodies: list[bytes], total: int, c: int):
-        if client == "h2load":  # the first image, as in (c)
-            return h2load.run(f"http://127.0.0.1:{ts.port}{ts.path}", bodies[0], total, c,
-                              {"content-type": "application/octet-stream"}, h1=True)[0]
+        if client == "c":  # the first image, as in (c); for about as long as `total` calls take at 500/s
+            return wrk.post_load(f"http://127.0.0.1:{ts.port}{ts.path}", bodies[0], "application/octet-stream",
+                                 max(1.0, total / 500), c)
         return asyncio.run(rest_load(ts.port, ts.path, bodies, total, c))
 
     try:
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false",
                    help="skip (e) (it needs Java and torchserve, and builds a .mar when the bundle has none)")
-    p.add_argument("--client", choices=("h2load", "python"), default="h2load" if h2load.available() else "python",
-                   help="load generator for the unary rows (b), (c), (e); default h2load when installed")
+    p.add_argument("--client", choices=("c", "python"), default="c" if h2load.available() and wrk.available() else "python",
+                   help="load generators for the unary rows (b), (c), (e): h2load and wrk (default when installed) "
+                        "or this process's asyncio clients")
     p.add_argument("--torchserve-workers", type=int, nargs="+", default=[1, 2],
                    help="TorchServe worker counts to run (e) with; the ratio uses the fastest")
     args = p.parse_args(argv)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         calls = {c: int(n * args.scale) for c, n in {1: 500, 8: 1000, 32: 2000}.items()}
         target = f"127.0.0.1:{port}"
-        served = h2load_unary_rows(target, args.model, images, calls) if args.client == "h2load" else []
+        served = h2load_unary_rows(target, args.model, images, calls) if args.client == "c" else []
         served += asyncio.run(bench_grpc(target, args.model, images, calls, unary=args.client == "python"))
     finally:
         proc.terminate()

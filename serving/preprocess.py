@@ -7,6 +7,7 @@ luminance, L -> RGB by repetition). Raw tensors are never resized: their shape m
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,8 +88,7 @@ def tensor_to_array(shape: tuple[int, ...], dtype: str, data: bytes, spec: Input
                 else f"{shape[-1]}x{shape[-2]} pixels; the model takes {spec.width}x{spec.height}")
         raise InputError(f"tensor shape {list(shape)} has {what} (C x H x W {list(spec.shape)}); "
                          f"raw tensors are never resized or converted")
-    itemsize = np.dtype(_DTYPES[dtype]).itemsize
-    expected = int(np.prod(shape)) * itemsize
+    expected = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
     if len(data) != expected:
         raise InputError(f"tensor data is {len(data)} bytes; shape {list(shape)} of {dtype} needs {expected}")
     array = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape)

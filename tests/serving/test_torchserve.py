@@ -92,3 +92,16 @@ def test_torchserve_bad_bytes_get_400_with_reason(torchserve):
     status, answer = post(torchserve["url"], b"definitely not an image")
     assert status == 400
     assert "not a PNG or JPEG" in answer["error"]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing: apt-get install wrk")
+def test_wrk_load_counts_answers_and_http_errors(torchserve, fmnist_small):
+    """bench/wrk.py (bench.serve's TorchServe client) against the real server."""
+    from bench import wrk
+
+    good = wrk.post_load(torchserve["url"], encode_image(fmnist_small.test.x[0, 0].numpy()),
+                         "application/octet-stream", 1.0, 2)
+    assert good.ok > 0 and good.errors == 0 and good.rate > 0
+    assert 0 < good.percentile(50) <= good.percentile(99)
+    bad = wrk.post_load(torchserve["url"], b"definitely not an image", "application/octet-stream", 1.0, 2)
+    assert bad.ok == 0 and bad.codes["HTTP non-2xx"] > 0
