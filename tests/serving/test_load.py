@@ -7,6 +7,7 @@ import urllib.request
 
 import grpc
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import run_load
@@ -73,16 +74,14 @@ def test_an_expired_deadline_is_answered_deadline_exceeded_and_not_run(server, c
     x = clean_images[0]
     busy = batch_request(np.concatenate([x, x])[:128])
     request = unary_requests(x[:1])[0]
-    before = sample(scrape(server), "advguard_requests_total", method="Classify", code="DEADLINE_EXCEEDED")
 
-    async def main():
+    async def expire_one_in_the_queue() -> grpc.StatusCode:
         loop = asyncio.get_running_loop()
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = guard_pb2_grpc.GuardedClassifierStub(channel)
             backlog = [asyncio.ensure_future(stub.ClassifyBatch(busy, timeout=120)) for _ in range(4)]
             # wait (observing the server's gauge) until two 128-image batches (~0.25 s of work) wait
-            # behind a running one; the call's 0.1 s deadline then expires in the queue, while it is
-            # long enough for the call to reach the server on a loaded machine
+            # behind a running one; the call's 0.1 s deadline then expires in the queue
             while await loop.run_in_executor(None, lambda: sample(scrape(server), "advguard_queue_depth",
                                                                   model="fmnist-guarded")) < 256:
                 assert not all(b.done() for b in backlog), "the backlog finished before it was observed"
@@ -94,11 +93,21 @@ def test_an_expired_deadline_is_answered_deadline_exceeded_and_not_run(server, c
             await asyncio.gather(*backlog)
             return code
 
-    assert asyncio.run(main()) == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.monotonic() + 20  # the server records the cancelled call asynchronously
-    while sample(scrape(server), "advguard_requests_total", method="Classify", code="DEADLINE_EXCEEDED") <= before:
-        assert time.monotonic() < deadline, "server never recorded the expired call"
-        time.sleep(0.1)
+    def recorded() -> float:
+        return sample(scrape(server), "advguard_requests_total", method="Classify", code="DEADLINE_EXCEEDED")
+
+    # On a loaded machine the 0.1 s can run out before the call even reaches the server (then the
+    # client sees DEADLINE_EXCEEDED and the server sees nothing); such an attempt shows nothing
+    # about the server and is repeated. Every attempt must end DEADLINE_EXCEEDED at the client.
+    for _attempt in range(3):
+        before = recorded()
+        assert asyncio.run(expire_one_in_the_queue()) == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10  # the server records the cancelled call asynchronously
+        while recorded() <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if recorded() > before:
+            return
+    pytest.fail("in 3 attempts the server never recorded a call whose deadline expired in its queue")
 
 
 def test_every_method_records_latency_and_status(server, clean_images):
