@@ -1,4 +1,4 @@
-"""Closed-loop load from h2load (nghttp2's HTTP/2 and HTTP/1.1 load generator, written in C).
+"""Closed-loop HTTP/2 load from h2load (nghttp2's load generator, written in C).
 
 A Python client on a 2-core machine takes as much CPU as the server it measures; h2load takes
 a fraction of it, so the server's own rate and latency show. gRPC over h2load: every request
@@ -30,16 +30,14 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\0" + struct.pack(">I", len(message)) + message
 
 
-def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, str], h1: bool = False) -> tuple[LoadResult, str]:
-    """POST `body` `total` times, `concurrency` at a time; (latencies and HTTP outcome, h2load's report).
-
-    HTTP/2: one connection carrying `concurrency` streams. HTTP/1.1 (`h1`): `concurrency`
-    keep-alive connections, one request in flight on each."""
+def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, str]) -> tuple[LoadResult, str]:
+    """POST `body` `total` times over one HTTP/2 connection carrying `concurrency` streams;
+    (latencies and HTTP outcome, h2load's report)."""
     with tempfile.TemporaryDirectory(prefix="advguard-h2load-") as tmp:
         data, log = Path(tmp) / "body", Path(tmp) / "log"
         data.write_bytes(body)
-        shape = ["--h1", "-c", str(concurrency), "-m", "1"] if h1 else ["-c", "1", "-m", str(concurrency)]
-        cmd = ["h2load", "-n", str(total), "-t", "1", *shape, "-d", str(data), "--log-file", str(log)]
+        cmd = ["h2load", "-n", str(total), "-t", "1", "-c", "1", "-m", str(concurrency), "-d", str(data),
+               "--log-file", str(log)]
         for key, value in headers.items():
             cmd += ["-H", f"{key}: {value}"]
         out = subprocess.run([*cmd, url], check=False, capture_output=True, text=True, timeout=600).stdout

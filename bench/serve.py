@@ -88,10 +88,11 @@ def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[i
     h2load.grpc_load(target, check, b"", len(health), 200, 8)  # warm up
     rows = [row("b", "grpc.health Check", c, h2load.grpc_load(target, check, b"", len(health), calls[c], c))
             for c in CONCURRENCY]
+    image = image_messages(images[:1])[0]
     with grpc.insecure_channel(target) as channel:
         stub = guard_pb2_grpc.GuardedClassifierStub(channel)
         for guard in (False, True):
-            request = guard_pb2.ClassifyRequest(model=model, image=image_messages(images[:1])[0], skip_guard=not guard)
+            request = guard_pb2.ClassifyRequest(model=model, image=image, skip_guard=not guard)
             answer = len(stub.Classify(request, timeout=60).SerializeToString())
             message = request.SerializeToString()
             for c in CONCURRENCY:
@@ -111,13 +112,15 @@ async def bench_grpc(target: str, model: str, images: np.ndarray, calls: dict[in
         health = health_pb2_grpc.HealthStub(channel)
         check = health_pb2.HealthCheckRequest()
         await run_load(lambda i: health.Check(check), 200, 8)  # warm the channel
-        for c in CONCURRENCY if unary else ():
-            rows.append(row("b", "grpc.health Check", c, await run_load(lambda i: health.Check(check), calls[c], c)))
-        for guard in (False, True) if unary else ():
-            requests = [guard_pb2.ClassifyRequest(model=model, image=t, skip_guard=not guard) for t in tensors]
+        if unary:
             for c in CONCURRENCY:
-                result = await run_load(lambda i: stub.Classify(requests[i % len(requests)], timeout=60), calls[c], c)
-                rows.append(row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, result))
+                result = await run_load(lambda i: health.Check(check), calls[c], c)
+                rows.append(row("b", "grpc.health Check", c, result))
+            for guard in (False, True):
+                requests = [guard_pb2.ClassifyRequest(model=model, image=t, skip_guard=not guard) for t in tensors]
+                for c in CONCURRENCY:
+                    result = await run_load(lambda i: stub.Classify(requests[i % len(requests)], timeout=60), calls[c], c)
+                    rows.append(row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, result))
         for c in CONCURRENCY:
             result = await run_load(lambda i: stub.ClassifyBatch(batch, timeout=300), max(8, c), c)
             rows.append(row("d", f"ClassifyBatch guarded, {BATCH}/message", c, result, BATCH))

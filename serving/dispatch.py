@@ -72,11 +72,11 @@ class Dispatcher:
             verdicts = result.guard.verdicts[result.guarded]
             for value, count in enumerate(np.bincount(verdicts, minlength=len(Verdict))):
                 if count and value:
-                    self.metrics.child(self.metrics.verdicts, name, Verdict(value).name.lower()).inc(int(count))
+                    self.metrics.verdicts.labels(name, Verdict(value).name.lower()).inc(int(count))
             for outcome in result.guard.outcomes:
                 flagged = int(outcome.flagged[result.guarded].sum())
                 if flagged:
-                    self.metrics.child(self.metrics.flagged, name, outcome.name).inc(flagged)
+                    self.metrics.flagged.labels(name, outcome.name).inc(flagged)
         else:
-            self.metrics.child(self.metrics.verdicts, name, "unguarded").inc(len(result.classes))
+            self.metrics.verdicts.labels(name, "unguarded").inc(len(result.classes))
         return labels.verdict

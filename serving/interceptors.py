@@ -112,9 +112,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             elapsed = time.perf_counter() - began
             metrics.in_flight.dec()
             code = _code_of(context, labels, err)
-            metrics.child(metrics.requests, name, code).inc()
+            metrics.requests.labels(name, code).inc()
             verdict = labels.verdict if code == "OK" else "error"
-            metrics.child(metrics.latency, labels.model, name, verdict).observe(elapsed)
+            metrics.latency.labels(labels.model, name, verdict).observe(elapsed)
 
         async def refuse(context):
             await abort(context, *refusal)

@@ -49,16 +49,6 @@ class Metrics:
         self.model_loads = Counter(
             "advguard_model_loads_total", "Bundle versions loaded or refused, by model and outcome.",
             ["model", "outcome"], registry=self.registry)
-        self._children: dict[tuple, object] = {}
-
-    def child(self, metric, *values: str):
-        """`metric.labels(*values)`, memoized for the per-call path (labels() takes a lock and
-        builds a key every time; the label sets here are few and long-lived)."""
-        key = (id(metric), values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
 
     def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Start /metrics on `port` (0: any free port); returns the port bound."""

@@ -219,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/reproduce-defenses-{args.scale}")
     if args.what == "filters":
-        print(json.dumps(reproduce_filters(args.scale, out), indent=2))
+        log.info("written %s:\n%s", out / "dominant_filters_eps.json",
+                 json.dumps(reproduce_filters(args.scale, out), indent=2))
         return 0
     rows = reproduce_defenses(args.scale, out, args.only)
-    print(to_markdown(rows, args.scale))
+    log.info("written under %s:\n%s", out, to_markdown(rows, args.scale))
     return 0
 
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "eval.json", result)
     (out / "eval.md").write_text(f"unseen attacks (made against the source model): {', '.join(unseen.names)}\n\n"
                                  + text + "\n")
-    print(text)
+    log.info("written %s and %s:\n%s", out / "eval.json", out / "eval.md", text)
     return 0
 
 

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{100 * sens['reordered_share']:.1f}% of {sens['trials']} (mean "
                  f"{sens['mean_positions_moved']:.2f} of {sens['depth']} depth positions moved)")
     (out / "results.md").write_text(text + "\n")
-    print(text)
+    log.info("written %s (results.json, results.md, npixel.png, patch.png):\n%s", out, text)
     return 0
 
 
