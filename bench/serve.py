@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and in-process (0: one per core)")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=0)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="the server's (its default: 2000)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false",
                    help="skip (e) (it needs Java and torchserve, and builds a .mar when the bundle has none)")

@@ -1,29 +1,49 @@
 """Dynamic batching with a bounded queue and deadlines (asyncio + numpy; no grpc, no prometheus).
 
 Requests (one or more images each) wait in a queue; a batch is formed when a model instance is
-free, from every waiting request up to `max_batch_size` images, after waiting at most
-`max_queue_delay_us` for the batch to fill. While the instances are busy the queue fills by
-itself, so batches grow with load and latency stays flat. A request is never split: one larger
-than `max_batch_size` runs as a batch of its own. When `max_queue_size` images already wait, a
-new request fails at once with `QueueFullError` instead of waiting without bound. A request
-whose deadline has passed by the time its batch forms is dropped with `DeadlineExceededError`.
+free, from every waiting request up to `max_batch_size` images. Batch size matters even with a
+fast model: every batch costs a fixed hand-off to the model thread and back, and on 2 cores that
+cost, not the model, limits a server under concurrent load. So a free instance may wait for its
+batch to fill:
+- a request whose previous batch held one image (calls made one at a time) runs at once;
+- otherwise the instance waits until the queue holds as many images as the largest of the last
+  RECENT_BATCHES batches (so batches follow the load's concurrency instead of shrinking because
+  the instance came free a moment early), or until no request has come for 1/GAP_FRACTION of
+  `max_queue_delay_us` (the burst is over), or `max_queue_delay_us` has passed, whichever is
+  first. `delay_lone_requests` waits for `max_batch_size` images instead, lone requests too.
+A request is never split: one larger than `max_batch_size` runs as a batch of its own. When
+`max_queue_size` images already wait, a new request fails at once with `QueueFullError`
+instead of waiting without bound. A request whose deadline has passed by the time its batch
+forms is dropped with `DeadlineExceededError`.
+
+`run` is either a blocking function `run(x, guard) -> result`, run in the executor, or a
+generator function (`Pipeline.steps`) whose Python runs on the event loop and which yields
+only its blocking calls (model runs, which release the GIL) for the executor: the model thread
+then never competes with the event loop for the GIL.
 
 Example:
-    batcher = DynamicBatcher(pipeline.run, BatchingOptions(max_batch_size=64), executor)
+    batcher = DynamicBatcher(pipeline.steps, BatchingOptions(max_batch_size=64), executor)
     result = await batcher.submit(x, guard=True)   # a PipelineResult for x's images
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
+import inspect
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+GAP_FRACTION = 4     # a wait ends once no request came for this fraction of the queue delay
+RECENT_BATCHES = 16  # a wait ends once the queue holds as many images as the largest of these
 
 
 class QueueFullError(RuntimeError):
@@ -45,13 +65,15 @@ class BatcherClosedError(RuntimeError):
 @dataclass(frozen=True)
 class BatchingOptions:
     """max_batch_size: images gathered into one model run; max_queue_delay_us: how long a free
-    instance waits for a batch to fill (0: run at once); max_queue_size: images allowed to wait;
-    instances: batches of one model run at the same time."""
+    instance waits for the queue to hold as many images as the previous batch (0: never waits);
+    delay_lone_requests: wait for max_batch_size images instead; max_queue_size: images allowed
+    to wait; instances: batches of one model run at the same time."""
 
     max_batch_size: int = 64
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int = 2000
     max_queue_size: int = 4096
     instances: int = 1
+    delay_lone_requests: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue_size", "instances"):
@@ -59,6 +81,13 @@ class BatchingOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+
+
+def one_step(run: Callable) -> Callable[..., Generator]:
+    """A blocking `run(x, guard)` as steps: the whole call goes to the executor."""
+    def steps(x: np.ndarray, guard):
+        return (yield functools.partial(run, x, guard))
+    return steps
 
 
 class _Request:
@@ -69,7 +98,13 @@ class _Request:
 
 
 class DynamicBatcher:
-    """Batches `run(x, guard_mask) -> result` calls; `result.take(slice)` splits a result."""
+    """Batches `run(x, guard_mask) -> result` calls; `result.take(slice)` splits a result.
+
+    Callbacks on the event loop, no task of its own: a submit schedules one dispatch (for the
+    loop's next turn, so every request that arrives in this turn joins the batch, or when the
+    wait for a fuller batch ends), each blocking call of the batch's run goes to the executor
+    and comes back as one callback, and the last one answers the batch and schedules the next.
+    Per request: one future."""
 
     def __init__(self, run: Callable, options: BatchingOptions, executor: Executor,
                  on_batch: Callable[[int], None] | None = None,
@@ -79,16 +114,20 @@ class DynamicBatcher:
         self.executor = executor
         self.on_batch = on_batch or (lambda size: None)
         self.on_depth = on_depth or (lambda depth: None)
+        self._loop = asyncio.get_running_loop()
+        self._steps = run if inspect.isgeneratorfunction(run) else one_step(run)
         self._pending: collections.deque[_Request] = collections.deque()
         self._queued = 0
-        self._running = 0
+        self._running = 0          # batches handed to the executor and not yet answered
+        self._recent: collections.deque[int] = collections.deque([0], maxlen=RECENT_BATCHES)  # images per batch
+        self._last_submit = 0.0
+        self._wait_until = 0.0     # when the current wait for a fuller batch ends at the latest
+        self._gap = options.max_queue_delay_us / 1e6 / GAP_FRACTION
+        self._scheduled = False    # a dispatch is due (next loop turn, or when the delay ends)
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._slots = asyncio.Semaphore(options.instances)
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._worker = asyncio.get_running_loop().create_task(self._work())
 
     @property
     def queued(self) -> int:
@@ -106,13 +145,16 @@ class DynamicBatcher:
             raise RequestTooLargeError(f"request holds {n} images; the server queues at most {limit}: split it")
         if self._queued + n > limit:
             raise QueueFullError(f"queue full: {self._queued} images waiting (limit {limit}); retry with backoff")
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
+        self._last_submit = self._loop.time()
         self._pending.append(_Request(x, guard, future, deadline))
         self._queued += n
         self._idle.clear()
-        self._wakeup.set()
-        if self._queued >= self.options.max_batch_size:
-            self._full.set()
+        if self._timer is not None and self._queued >= self._target():
+            self._timer.cancel()  # the batch is as large as it is waiting to be
+            self._timer = None
+            self._loop.call_soon(self._dispatch)
+        self._schedule()
         self.on_depth(self._queued)
         return future
 
@@ -120,38 +162,46 @@ class DynamicBatcher:
         return await self.submit_nowait(x, guard, deadline)
 
     async def close(self) -> None:
-        """Refuse new requests, finish every queued and running one, stop the worker."""
+        """Refuse new requests, finish every queued and running one."""
         self._closed = True
-        self._wakeup.set()
         await self._idle.wait()
-        self._worker.cancel()
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _schedule(self) -> None:
+        """Dispatch on the loop's next turn (or once the queue delay ends) if an instance is free."""
+        if self._scheduled or not self._pending or self._running >= self.options.instances:
+            return
+        self._scheduled = True
         delay = self.options.max_queue_delay_us / 1e6
-        while True:
-            await self._slots.acquire()
-            try:
-                while not self._pending:
-                    if self._closed and self._running == 0:
-                        self._idle.set()
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                if delay and self._queued < self.options.max_batch_size:
-                    self._full.clear()
-                    timer = loop.call_later(delay, self._full.set)
-                    await self._full.wait()
-                    timer.cancel()
-                batch = self._take(loop.time())
-            except BaseException:
-                self._slots.release()
-                raise
-            if not batch:
-                self._slots.release()
-                self._wakeup.set()  # re-check idleness
-                continue
-            self._running += 1
-            loop.create_task(self._run(batch))
+        if delay and self._queued < self._target():
+            self._wait_until = self._loop.time() + delay
+            self._timer = self._loop.call_later(min(delay, self._gap), self._waited)
+        else:
+            self._loop.call_soon(self._dispatch)
+
+    def _waited(self) -> None:
+        """Dispatch once the delay is over or no request came for a gap; else wait on."""
+        now = self._loop.time()
+        until = min(self._wait_until, self._last_submit + self._gap)
+        if now >= until:
+            self._dispatch()
+        else:
+            self._timer = self._loop.call_at(until, self._waited)
+
+    def _target(self) -> int:
+        """Images a free instance waits for (up to the queue delay)."""
+        if self.options.delay_lone_requests:
+            return self.options.max_batch_size
+        if self._recent[-1] <= 1:
+            return 1
+        return min(max(self._recent), self.options.max_batch_size)
+
+    def _dispatch(self) -> None:
+        self._scheduled, self._timer = False, None
+        while self._pending and self._running < self.options.instances:
+            batch = self._take(self._loop.time())
+            if batch:
+                self._start(batch)
+        self._check_idle()
 
     def _take(self, now: float) -> list[_Request]:
         batch: list[_Request] = []
@@ -173,20 +223,47 @@ class DynamicBatcher:
         self.on_depth(self._queued)
         return batch
 
-    async def _run(self, batch: list[_Request]) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self, batch: list[_Request]) -> None:
+        if len(batch) == 1:
+            x, guard = batch[0].x, batch[0].guard
+        else:
+            x = np.concatenate([r.x for r in batch])
+            flags = {r.guard for r in batch}
+            guard = flags.pop() if len(flags) == 1 else np.concatenate(
+                [np.full(len(r.x), r.guard) for r in batch])
+        self.on_batch(len(x))
+        self._recent.append(len(x))
+        self._running += 1
+        self._advance(batch, self._steps(x, guard), None)
+
+    def _advance(self, batch: list[_Request], steps: Generator, done: concurrent.futures.Future | None) -> None:
+        """Drive a run: its Python runs here on the loop, each blocking call it yields in the
+        executor, and the call's outcome comes back here (one `call_soon_threadsafe`)."""
         try:
-            if len(batch) == 1:
-                x, guard = batch[0].x, batch[0].guard
+            if done is None:
+                call = next(steps)
+            elif done.exception() is not None:
+                call = steps.throw(done.exception())
             else:
-                x = np.concatenate([r.x for r in batch])
-                flags = {r.guard for r in batch}
-                guard = flags.pop() if len(flags) == 1 else np.concatenate(
-                    [np.full(len(r.x), r.guard) for r in batch])
-            self.on_batch(len(x))
-            result = await loop.run_in_executor(self.executor, self.run, x, guard)
-        except Exception as err:  # the model failed: every request in the batch gets the error
-            log.exception("batch of %d requests failed", len(batch))
+                call = steps.send(done.result())
+        except StopIteration as stop:
+            self._answer(batch, stop.value, None)
+        except Exception as err:  # noqa: BLE001 - the run failed: its requests get the error
+            self._answer(batch, None, err)
+        else:
+            loop = self._loop
+            try:
+                future = self.executor.submit(call)
+            except RuntimeError as err:  # the executor is shut down
+                steps.close()
+                self._answer(batch, None, err)
+                return
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._advance, batch, steps, f))
+
+    def _answer(self, batch: list[_Request], result, err: BaseException | None) -> None:
+        self._running -= 1
+        if err is not None:  # the model failed: every request in the batch gets the error
+            log.error("batch of %d requests failed", len(batch), exc_info=err)
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(err)
@@ -197,8 +274,9 @@ class DynamicBatcher:
                 if not request.future.done():
                     request.future.set_result(result if len(batch) == 1 else result.take(slice(start, start + n)))
                 start += n
-        finally:
-            self._running -= 1
-            self._slots.release()
-            if self._closed and self._running == 0 and not self._pending:
-                self._idle.set()
+        self._schedule()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._running == 0 and not self._pending:
+            self._idle.set()

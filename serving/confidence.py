@@ -18,6 +18,7 @@ from serving.guard import Outputs
 class LowConfidence:
     name = "low-confidence"
     views: dict = {}
+    blocking = False
 
     @classmethod
     def from_manifest(cls, bundle_dir: Path, options: dict, engine: object = None) -> "LowConfidence":

@@ -41,10 +41,12 @@ class Detector(Protocol):
     """`score(x, outputs) -> N scores`, higher = more likely adversarial.
 
     `x` is N x C x H x W float32 in [0, 1]; `views` names the input transforms whose model
-    outputs `score` reads from `outputs.views` (empty when it needs none)."""
+    outputs `score` reads from `outputs.views` (empty when it needs none); `blocking`: `score`
+    runs a model of its own, so the server calls it off its event loop."""
 
     name: str
     views: Mapping[str, View]
+    blocking: bool
 
     def score(self, x: np.ndarray, outputs: Outputs) -> np.ndarray: ...
 

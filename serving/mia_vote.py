@@ -34,6 +34,7 @@ class MIAVote:
 
     name = "mia-vote"
     views: dict = {}
+    blocking = True  # runs the MIA graph
 
     def __init__(self, model: OnnxModel, file: str = MIA_FILE) -> None:
         outputs = [o.name for o in model.session.get_outputs()]

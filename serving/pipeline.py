@@ -6,13 +6,15 @@ in one ONNX Runtime call.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from serving.bundle import Bundle, load_bundle
-from serving.engine import EngineOptions, OnnxModel
+from serving.engine import EngineOptions, OnnxModel, softmax
 from serving.guard import (
     CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
     required_views, run_guard,
@@ -21,12 +23,28 @@ from serving.guard import (
 
 def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Outputs:
     """The model's probabilities on `x` and on each view of `x`, from one batched run."""
+    return drive(output_steps(model, x, views))
+
+
+def output_steps(model: OnnxModel, x: np.ndarray, views: dict[str, View]):
+    """`model_outputs` as steps: yields the one blocking model call (see `drive`)."""
     if not views:
-        return Outputs(model.probabilities(x))
+        return Outputs(softmax((yield functools.partial(model.logits, x))))
     batch = np.concatenate([x] + [view(x) for view in views.values()])
-    probs = model.probabilities(batch)
+    probs = softmax((yield functools.partial(model.logits, batch)))
     n = len(x)
     return Outputs(probs[:n], {name: probs[n * (i + 1):n * (i + 2)] for i, name in enumerate(views)})
+
+
+def drive(steps: Generator):
+    """Run steps that yield blocking calls (model runs, which release the GIL) in this thread;
+    the dynamic batcher drives the same steps, running the yielded calls in its executor."""
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(call())
+    except StopIteration as stop:
+        return stop.value
 
 
 def _scatter(result: GuardResult, mask: np.ndarray) -> GuardResult:
@@ -70,6 +88,7 @@ class Pipeline:
         self.policy = policy
         self.fallback = fallback
         self.views = required_views(detectors)
+        self.blocking_guard = any(getattr(d.detector, "blocking", False) for d in detectors)
 
     @classmethod
     def load(cls, path: Path | str, engine: EngineOptions | None = None) -> "Pipeline":
@@ -93,34 +112,44 @@ class Pipeline:
 
     def run(self, x: np.ndarray, guard: bool | np.ndarray = True) -> PipelineResult:
         """Classify `x` (N x C x H x W); guard the samples where `guard` (bool or N bools) holds."""
+        return drive(self.steps(x, guard))
+
+    def steps(self, x: np.ndarray, guard: bool | np.ndarray = True):
+        """`run` as steps that yield its blocking model calls (see `drive`)."""
         n = len(x)
         mask = np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
         answered_by = np.full(n, self.bundle.primary.file, dtype=object)
         rejected = np.zeros(n, dtype=bool)
         if not mask.any() or not self.detectors:
-            probs = self.primary.probabilities(x)
+            probs = softmax((yield functools.partial(self.primary.logits, x)))
             guard_result = None
             if mask.any():  # no detectors: every guarded sample is CLEAN
                 guard_result = GuardResult(np.where(mask, Verdict.CLEAN, Verdict.UNSPECIFIED).astype(np.int32),
                                            np.zeros(n, dtype=np.float32))
             return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
         if mask.all():
-            outputs = model_outputs(self.primary, x, self.views)
-            probs, guard_result = outputs.probs, run_guard(self.detectors, self.policy, x, outputs)
+            outputs = yield from output_steps(self.primary, x, self.views)
+            probs, guard_result = outputs.probs, (yield from self._guard(x, outputs))
         else:
-            guarded = model_outputs(self.primary, x[mask], self.views)
+            guarded = yield from output_steps(self.primary, x[mask], self.views)
             probs = np.empty((n, guarded.probs.shape[1]), dtype=guarded.probs.dtype)
             probs[mask] = guarded.probs
-            probs[~mask] = self.primary.probabilities(x[~mask])
-            guard_result = _scatter(run_guard(self.detectors, self.policy, x[mask], guarded), mask)
+            probs[~mask] = softmax((yield functools.partial(self.primary.logits, x[~mask])))
+            guard_result = _scatter((yield from self._guard(x[mask], guarded)), mask)
         adversarial = guard_result.verdicts == Verdict.ADVERSARIAL
         if adversarial.any() and self.policy.action == "fallback" and self.fallback is not None:
             probs = probs.copy()
-            probs[adversarial] = self.fallback.probabilities(x[adversarial])
+            probs[adversarial] = softmax((yield functools.partial(self.fallback.logits, x[adversarial])))
             answered_by[adversarial] = self.bundle.file("fallback").file
         elif self.policy.action == "reject":
             rejected = adversarial
         return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
+
+
+    def _guard(self, x: np.ndarray, outputs: Outputs):
+        """run_guard as a step: a blocking call of its own when a detector runs a model."""
+        call = functools.partial(run_guard, self.detectors, self.policy, x, outputs)
+        return (yield call) if self.blocking_guard else call()
 
 
 def verdict_name(verdict: int) -> str:

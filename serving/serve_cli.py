@@ -29,8 +29,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spin", action="store_true", help="let ONNX Runtime's idle threads spin (only on a dedicated machine)")
     g.add_argument("--cpu-only", action="store_true", help="ignore a GPU even when onnxruntime-gpu is installed")
     g.add_argument("--max-batch-size", type=int, default=64, help="images gathered into one model run")
-    g.add_argument("--max-queue-delay-us", type=int, default=0,
-                   help="microseconds a free model instance waits for a batch to fill (0: run at once)")
+    g.add_argument("--max-queue-delay-us", type=int, default=None,
+                   help="under concurrent load, microseconds a free model instance waits for a batch to fill "
+                        "(default 2000; 0: never; a lone request runs at once unless --delay-lone-requests)")
+    g.add_argument("--delay-lone-requests", action="store_true",
+                   help="apply --max-queue-delay-us to a lone request too (Triton's behaviour)")
     g.add_argument("--max-queue-size", type=int, default=4096,
                    help="images allowed to wait; beyond it calls fail at once with RESOURCE_EXHAUSTED")
     g.add_argument("--instances", type=int, default=1, help="batches of one model run at the same time")
@@ -72,8 +75,11 @@ def settings_from_args(args: argparse.Namespace):
         store=Path(args.store), host=args.host, port=args.port,
         metrics_port=None if args.no_metrics else args.metrics_port,
         engine=EngineOptions(threads=args.threads, spin=args.spin, cpu_only=args.cpu_only),
-        batching=BatchingOptions(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-                                 max_queue_size=args.max_queue_size, instances=args.instances),
+        batching=BatchingOptions(max_batch_size=args.max_batch_size,
+                                 max_queue_delay_us=(BatchingOptions.max_queue_delay_us if args.max_queue_delay_us is None
+                                                     else args.max_queue_delay_us),
+                                 max_queue_size=args.max_queue_size, instances=args.instances,
+                                 delay_lone_requests=args.delay_lone_requests),
         limits=Limits(max_encoded_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs,
         grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds, poll_seconds=args.poll_seconds, default_model=args.default_model,

@@ -45,7 +45,7 @@ class ModelManager:
         name = pipeline.bundle.name
         batch_size = self.metrics.batch_size.labels(name)
         depth = self.metrics.queue_depth.labels(name)
-        batcher = DynamicBatcher(pipeline.run, self.batching, self.executor,
+        batcher = DynamicBatcher(pipeline.steps, self.batching, self.executor,
                                  on_batch=batch_size.observe, on_depth=depth.set)
         for f in pipeline.bundle.models:
             self.metrics.model_info.labels(name, pipeline.bundle.version, f.file, f.sha256).set(1)

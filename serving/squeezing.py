@@ -44,6 +44,7 @@ class FeatureSqueezing:
     """score = max over squeezers of ||p(x) - p(squeeze(x))||_1, in [0, 2]."""
 
     name = "feature-squeezing"
+    blocking = False
 
     def __init__(self, bits: int = 2, median: int = 2) -> None:
         if not 1 <= bits <= 7:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.batching import (
-    BatcherClosedError, BatchingOptions, DeadlineExceededError, DynamicBatcher, QueueFullError,
+    GAP_FRACTION, BatcherClosedError, BatchingOptions, DeadlineExceededError, DynamicBatcher, QueueFullError,
     RequestTooLargeError,
 )
 
@@ -121,3 +121,98 @@ def test_close_finishes_accepted_requests_then_refuses():
             assert all(f.done() and not f.exception() for f in accepted)
         assert sum(model.sizes) == 5
     run(main())
+
+
+def test_a_lone_request_never_waits_for_a_fuller_batch():
+    async def main():
+        model = GatedModel()
+        model.gate.set()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(model.run, BatchingOptions(max_queue_delay_us=60_000_000), pool)
+            for _ in range(3):  # one at a time: each one's previous batch held one image
+                await asyncio.wait_for(batcher.submit(images(1)), 30)
+            await batcher.close()
+        assert model.sizes == [1, 1, 1]
+    run(main())
+
+
+def test_under_load_a_free_instance_waits_until_the_batch_is_as_large_as_recent_ones():
+    async def main():
+        model = GatedModel()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(model.run, BatchingOptions(max_batch_size=8, max_queue_delay_us=60_000_000), pool)
+            first = batcher.submit_nowait(images(1))
+            await _started(model)
+            four = [batcher.submit_nowait(images(1)) for _ in range(4)]  # queue while busy: a batch of 4
+            model.gate.set()
+            await asyncio.gather(first, *four)
+            two = [batcher.submit_nowait(images(1)) for _ in range(2)]
+            for _ in range(20):  # loop turns: nothing runs while fewer than 4 wait (the delay is a minute)
+                await asyncio.sleep(0)
+            assert model.sizes == [1, 4] and batcher.queued == 2
+            two += [batcher.submit_nowait(images(1)) for _ in range(2)]  # 4 waiting: it runs at once
+            await asyncio.wait_for(asyncio.gather(*two), 30)
+            await batcher.close()
+        assert model.sizes == [1, 4, 4]
+    run(main())
+
+
+def test_the_wait_for_a_fuller_batch_ends_when_requests_stop_coming():
+    async def main():
+        loop = asyncio.get_running_loop()
+        model = GatedModel()
+        with ThreadPoolExecutor(1) as pool:
+            options = BatchingOptions(max_batch_size=8, max_queue_delay_us=4_000_000)
+            batcher = DynamicBatcher(model.run, options, pool)
+            first = batcher.submit_nowait(images(1))
+            await _started(model)
+            two = [batcher.submit_nowait(images(1)) for _ in range(2)]
+            model.gate.set()
+            await asyncio.gather(first, *two)
+            began = loop.time()
+            await asyncio.wait_for(batcher.submit(images(1)), 30)  # waits for a second one that never comes
+            waited = loop.time() - began
+            await batcher.close()
+        assert model.sizes == [1, 2, 1]
+        assert 4.0 / GAP_FRACTION <= waited < 3.5  # a quiet gap ends the wait, not the 4 s delay
+    run(main())
+
+
+def test_stepwise_run_keeps_its_python_on_the_loop_and_its_blocking_calls_in_the_executor():
+    threads: dict[str, set[int]] = {"steps": set(), "calls": set()}
+
+    def model_call(x):
+        threads["calls"].add(threading.get_ident())
+        if np.isnan(x).any():
+            raise ValueError("NaN in the batch")
+        return Rows(x[:, 0, 0, 0] * 2)
+
+    def steps(x, guard):
+        threads["steps"].add(threading.get_ident())
+        try:
+            rows = yield lambda: model_call(x)
+        except ValueError:
+            rows = yield lambda: model_call(np.zeros_like(x))  # a step may recover from a failed call
+        threads["steps"].add(threading.get_ident())
+        return rows
+
+    def broken(x, guard):
+        yield lambda: model_call(x)
+        raise RuntimeError("the run itself failed")
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(steps, BatchingOptions(), pool)
+            assert (await batcher.submit(images(2, 0.25))).values.tolist() == [0.5, 0.5]
+            assert (await batcher.submit(images(1, np.nan))).values.tolist() == [0.0]
+            await batcher.close()
+            failing = DynamicBatcher(broken, BatchingOptions(max_queue_delay_us=0), pool)
+            both = [failing.submit_nowait(images(1)) for _ in range(2)]
+            for future in both:
+                with pytest.raises(RuntimeError, match="the run itself failed"):
+                    await future
+            await failing.close()
+
+    run(main())
+    assert threads["steps"] == {threading.get_ident()}
+    assert threads["calls"] and threading.get_ident() not in threads["calls"]

@@ -73,6 +73,38 @@ def test_pipeline_guards_only_the_masked_samples(guarded_bundle, clean_images):
     assert part.guard is None and part.classes.tolist() == full.classes[1:2].tolist()
 
 
+class BlockingScores(FixedScores):
+    """A detector that says it runs a model of its own (as mia-vote does)."""
+
+    blocking = True
+
+
+def _blocking_calls(steps) -> tuple[int, object]:
+    """Drive `steps` inline; (how many blocking calls it yielded, its result)."""
+    calls, call = 0, next(steps)
+    try:
+        while True:
+            calls += 1
+            call = steps.send(call())
+    except StopIteration as stop:
+        return calls, stop.value
+
+
+def test_pipeline_steps_yield_the_model_run_and_a_detector_that_runs_its_own_model(guarded_bundle, clean_images):
+    from serving.pipeline import Pipeline
+
+    pipeline = Pipeline.load(guarded_bundle)
+    x = clean_images[0][:3].astype(np.float32) / 255
+    calls, result = _blocking_calls(pipeline.steps(x))
+    assert calls == 1  # one model run for the input and all its squeezed views; the guard runs inline
+    np.testing.assert_array_equal(result.guard.verdicts, pipeline.run(x).guard.verdicts)
+    own = CalibratedDetector(BlockingScores("own-model", [0.0, 2.0, 0.0]), 1.0, 0.05)
+    with_own = Pipeline(pipeline.bundle, pipeline.primary, [*pipeline.detectors, own], pipeline.policy)
+    calls, result = _blocking_calls(with_own.steps(x))
+    assert calls == 2  # the guard itself went to the executor
+    assert result.guard.outcomes[-1].flagged.tolist() == [False, True, False]
+
+
 def test_fallback_answers_flagged_samples(guarded_bundle, tools, tmp_path, clean_images):
     import json
     import shutil
