@@ -108,12 +108,14 @@ class DynamicBatcher:
 
     def __init__(self, run: Callable, options: BatchingOptions, executor: Executor,
                  on_batch: Callable[[int], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+                 on_depth: Callable[[int], None] | None = None,
+                 on_result: Callable[[object], None] | None = None) -> None:
         self.run = run
         self.options = options
         self.executor = executor
         self.on_batch = on_batch or (lambda size: None)
         self.on_depth = on_depth or (lambda depth: None)
+        self.on_result = on_result or (lambda result: None)  # once per batch, before it is split
         self._loop = asyncio.get_running_loop()
         self._steps = run if inspect.isgeneratorfunction(run) else one_step(run)
         self._pending: collections.deque[_Request] = collections.deque()
@@ -268,6 +270,7 @@ class DynamicBatcher:
                 if not request.future.done():
                     request.future.set_exception(err)
         else:
+            self.on_result(result)
             start = 0
             for request in batch:
                 n = len(request.x)

@@ -1,5 +1,5 @@
 """What both servicers (advguard.v1 and Open Inference Protocol v2) do per call: find the model,
-queue the images for a batch, map core errors to gRPC status codes, count verdicts."""
+queue the images for a batch, map core errors to gRPC status codes, label the call's metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,6 @@ import grpc
 import numpy as np
 
 from serving.batching import BatcherClosedError, DeadlineExceededError, QueueFullError, RequestTooLargeError
-from serving.guard import Verdict
 from serving.interceptors import abort, call_labels
 from serving.metrics import Metrics
 from serving.pipeline import PipelineResult, verdict_name
@@ -59,24 +58,14 @@ class Dispatcher:
             result = await served.batcher.submit(x, guard, deadline_of(context))
         except QUEUE_ERRORS as err:
             await abort(context, STATUS_OF[type(err)], str(err))
-        self.record(served, result)
+        self.label(served, result)
         return result
 
-    def record(self, served: ServedModel, result: PipelineResult) -> str:
-        """Count the verdicts and flags of `result`; set and return the call's verdict label."""
-        name = served.bundle.name
+    @staticmethod
+    def label(served: ServedModel, result: PipelineResult) -> str:
+        """Set and return the call's model and verdict labels (the batcher counted the verdicts
+        and flags once per batch, see `served.verdict_counter`)."""
         labels = call_labels()
-        labels.model = name
+        labels.model = served.bundle.name
         labels.verdict = verdict_label(result)
-        if result.guard is not None:
-            verdicts = result.guard.verdicts[result.guarded]
-            for value, count in enumerate(np.bincount(verdicts, minlength=len(Verdict))):
-                if count and value:
-                    self.metrics.verdicts.labels(name, Verdict(value).name.lower()).inc(int(count))
-            for outcome in result.guard.outcomes:
-                flagged = int(outcome.flagged[result.guarded].sum())
-                if flagged:
-                    self.metrics.flagged.labels(name, outcome.name).inc(flagged)
-        else:
-            self.metrics.verdicts.labels(name, "unguarded").inc(len(result.classes))
         return labels.verdict

@@ -5,18 +5,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from serving.batching import BatchingOptions, DynamicBatcher
 from serving.bundle import Bundle, BundleError
 from serving.engine import EngineOptions
 from serving.metrics import Metrics
-from serving.pipeline import Pipeline
+from serving.guard import Verdict
+from serving.pipeline import Pipeline, PipelineResult
 from serving.repository import ModelRepository, load_pipeline
 
 log = logging.getLogger(__name__)
+
+
+def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], None]:
+    """Counts a batch's verdicts (and 'unguarded' images) and each detector's flags."""
+    verdicts = {v: metrics.verdicts.labels(name, v.name.lower()) for v in Verdict if v != Verdict.UNSPECIFIED}
+    unguarded = metrics.verdicts.labels(name, "unguarded")
+
+    def count(result: PipelineResult) -> None:
+        n_guarded = int(result.guarded.sum()) if result.guard is not None else 0
+        if n_guarded < len(result.classes):
+            unguarded.inc(len(result.classes) - n_guarded)
+        if not n_guarded:
+            return
+        guarded = result.guarded
+        for value, n in enumerate(np.bincount(result.guard.verdicts[guarded], minlength=len(Verdict)).tolist()):
+            if n and value:
+                verdicts[Verdict(value)].inc(n)
+        for outcome in result.guard.outcomes:
+            flagged = int(outcome.flagged[guarded].sum())
+            if flagged:
+                metrics.flagged.labels(name, outcome.name).inc(flagged)
+    return count
 
 
 @dataclass
@@ -46,7 +72,8 @@ class ModelManager:
         batch_size = self.metrics.batch_size.labels(name)
         depth = self.metrics.queue_depth.labels(name)
         batcher = DynamicBatcher(pipeline.steps, self.batching, self.executor,
-                                 on_batch=batch_size.observe, on_depth=depth.set)
+                                 on_batch=batch_size.observe, on_depth=depth.set,
+                                 on_result=verdict_counter(self.metrics, name))
         for f in pipeline.bundle.models:
             self.metrics.model_info.labels(name, pipeline.bundle.version, f.file, f.sha256).set(1)
         self.metrics.model_loads.labels(name, "loaded").inc()

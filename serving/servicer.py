@@ -191,7 +191,7 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
                 if error is not None:
                     yield guard_pb2.ClassifyResponse(request_id=request.request_id, error=error)
                     continue
-                verdict = dispatcher.record(served, result)
+                verdict = dispatcher.label(served, result)
                 if request.HasField("batch"):
                     response = guard_pb2.ClassifyResponse(
                         request_id=request.request_id, model=served.bundle.name, model_version=served.bundle.version,
