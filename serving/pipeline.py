@@ -61,7 +61,7 @@ def _scatter(result: GuardResult, mask: np.ndarray) -> GuardResult:
                                         o.target_fpr) for o in result.outcomes])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per call's share of a batch (see guard.DetectorOutcome)
 class PipelineResult:
     probs: np.ndarray          # N x classes, from the model that answered
     classes: np.ndarray        # N
@@ -73,7 +73,7 @@ class PipelineResult:
     def take(self, index: slice | np.ndarray) -> "PipelineResult":
         guard = self.guard.take(index) if self.guard is not None else None
         guarded = self.guarded[index]
-        return PipelineResult(self.probs[index], self.classes[index], guard if guarded.any() else None,
+        return PipelineResult(self.probs[index], self.classes[index], guard if any(guarded.tolist()) else None,
                               guarded, self.answered_by[index], self.rejected[index])
 
 
@@ -152,5 +152,8 @@ class Pipeline:
         return (yield call) if self.blocking_guard else call()
 
 
+_VERDICT_NAMES = {int(v): v.name.lower() for v in Verdict}
+
+
 def verdict_name(verdict: int) -> str:
-    return Verdict(int(verdict)).name.lower()
+    return _VERDICT_NAMES[int(verdict)]
