@@ -24,9 +24,13 @@ import asyncio
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -81,13 +85,51 @@ def image_messages(images: np.ndarray) -> list[guard_pb2.Image]:
                                                     data=x.tobytes())) for x in images]
 
 
-def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[int, int]) -> list[dict]:
-    """(b) and (c) from h2load: every call carries the first test image."""
+@dataclass
+class ServerProbe:
+    """What the server spent on a load: CPU time per answered call (all its threads, from /proc)
+    and the mean batch its dynamic batcher ran (from its `advguard_batch_size` histogram)."""
+
+    pid: int
+    metrics_port: int
+    model: str
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # no /proc: no CPU column
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def batches(self) -> tuple[float, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
+        found = [re.search(rf'^advguard_batch_size_{part}{{model="{re.escape(self.model)}"}} (\S+)$', text, re.M)
+                 for part in ("sum", "count")]
+        return tuple(float(m.group(1)) if m else 0.0 for m in found)
+
+    def measure(self, load: Callable[[], LoadResult]) -> dict:
+        """Run `load`; {"result", "server_cpu_us", "mean_batch"}."""
+        cpu, (images, batches) = self.cpu_seconds(), self.batches()
+        result = load()
+        cpu_after, (images_after, batches_after) = self.cpu_seconds(), self.batches()
+        per_call = (cpu_after - cpu) / result.ok * 1e6 if cpu is not None and result.ok else None
+        mean = (images_after - images) / (batches_after - batches) if batches_after > batches else None
+        return {"result": result, "server_cpu_us": per_call, "mean_batch": mean}
+
+
+def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[int, int],
+                      probe: ServerProbe) -> list[dict]:
+    """(b) and (c) from h2load: every call carries the first test image; each row also gives the
+    server's CPU time per call and its mean batch (see ServerProbe)."""
     health = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
     check = "/grpc.health.v1.Health/Check"
     h2load.grpc_load(target, check, b"", len(health), 200, 8)  # warm up
-    rows = [row("b", "grpc.health Check", c, h2load.grpc_load(target, check, b"", len(health), calls[c], c))
-            for c in CONCURRENCY]
+
+    def unary_row(section: str, name: str, c: int, method: str, message: bytes, answer: int) -> dict:
+        spent = probe.measure(lambda: h2load.grpc_load(target, method, message, answer, calls[c], c))
+        return {**row(section, name, c, spent.pop("result")), **spent}
+
+    rows = [unary_row("b", "grpc.health Check", c, check, b"", len(health)) for c in CONCURRENCY]
     image = image_messages(images[:1])[0]
     with grpc.insecure_channel(target) as channel:
         stub = guard_pb2_grpc.GuardedClassifierStub(channel)
@@ -95,9 +137,8 @@ def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[i
             request = guard_pb2.ClassifyRequest(model=model, image=image, skip_guard=not guard)
             answer = len(stub.Classify(request, timeout=60).SerializeToString())
             message = request.SerializeToString()
-            for c in CONCURRENCY:
-                result = h2load.grpc_load(target, "/advguard.v1.GuardedClassifier/Classify", message, answer, calls[c], c)
-                rows.append(row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, result))
+            rows += [unary_row("c", f"Classify {'guarded' if guard else 'unguarded'}", c,
+                               "/advguard.v1.GuardedClassifier/Classify", message, answer) for c in CONCURRENCY]
     return rows
 
 
@@ -180,27 +221,30 @@ def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], wor
         return [{"section": "e", "name": "TorchServe REST", "note": f"n/a: {err}"}]
 
 
-def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--no-metrics",
+def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, dict]:
+    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--metrics-port", "0",
            "--poll-seconds", "0", "--threads", str(args.threads), "--instances", str(args.instances),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
-           "--max-queue-size", str(QUEUE), *extra]
+           "--max-queue-size", str(QUEUE), *(["--delay-lone-requests"] if args.delay_lone_requests else []), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if not line.startswith("advguard ready "):
         proc.kill()
         raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)})")
-    return proc, json.loads(line[len("advguard ready "):])["port"]
+    return proc, json.loads(line[len("advguard ready "):])
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'':2} {'what':52} {'c':>3} {'calls':>6} {'err':>4} {'rate':>10} {'unit':6} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'':2} {'what':52} {'c':>3} {'calls':>6} {'err':>4} {'rate':>10} {'unit':6} {'p50 ms':>8} {'p99 ms':>8}"
+          f"  {'server CPU/call':>15}  mean batch")
     for r in rows:
         if "note" in r:
             print(f"({r['section']}) {r['name']:52} {r['note']}")
             continue
+        cpu = f"{r['server_cpu_us']:.0f} us" if r.get("server_cpu_us") else ""
+        batch = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else ""
         print(f"({r['section']}) {r['name']:52} {r['c']:>3} {r['calls']:>6} {r['errors']:>4} {r['rate']:>10.0f} "
-              f"{r['unit']:6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+              f"{r['unit']:6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {cpu:>15}  {batch}".rstrip())
 
     def get(section: str, prefix: str, c) -> dict:
         return next(r for r in rows if r["section"] == section and r["name"].startswith(prefix) and r.get("c") == c)
@@ -229,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="the server's (its default: 2000)")
+    p.add_argument("--delay-lone-requests", action="store_true", help="the server's: a fixed queue delay, as Triton's")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false",
                    help="skip (e) (it needs Java and torchserve, and builds a .mar when the bundle has none)")
@@ -247,16 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {bundle}; {platform.node()} {os.cpu_count()} CPUs; load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; server --threads {args.threads} --instances "
           f"{args.instances} --max-batch-size {args.max_batch_size} --max-queue-delay-us {args.max_queue_delay_us} "
+          f"{'--delay-lone-requests ' if args.delay_lone_requests else ''}"
           f"--max-queue-size {QUEUE}; unary client {args.client}")
     images = clean_images(1024)
     before = bench_in_process(bundle, images, args.threads)
-    proc, port = start_server(args, ["--default-model", args.model])
+    proc, ready = start_server(args, ["--default-model", args.model])
+    port = ready["port"]
+    probe = ServerProbe(proc.pid, ready["metrics_port"], args.model)
     try:
         # the C clients are cheap enough for longer runs, whose p99 rests on more than 20 calls
         base = {1: 1000, 8: 4000, 32: 12000} if args.client == "c" else {1: 500, 8: 1000, 32: 2000}
         calls = {c: int(n * args.scale) for c, n in base.items()}
         target = f"127.0.0.1:{port}"
-        served = h2load_unary_rows(target, args.model, images, calls) if args.client == "c" else []
+        served = h2load_unary_rows(target, args.model, images, calls, probe) if args.client == "c" else []
         served += asyncio.run(bench_grpc(target, args.model, images, calls, unary=args.client == "python"))
     finally:
         proc.terminate()

@@ -27,3 +27,20 @@ def test_h2load_counts_good_answers_and_grpc_errors(server, clean_images):
     unknown = guard_pb2.ClassifyRequest(model="no-such-model", image=request.image).SerializeToString()
     bad = h2load.grpc_load(server.target, method, unknown, answer, 50, 4)
     assert bad.ok == 0 and bad.codes["gRPC error (no body)"] == 50
+
+
+def test_server_probe_reports_cpu_per_call_and_the_batches_the_load_made(server, clean_images):
+    from bench.serve import ServerProbe
+
+    request = unary_requests(clean_images[0][:1])[0]
+    with grpc.insecure_channel(server.target) as channel:
+        answer = len(guard_pb2_grpc.GuardedClassifierStub(channel).Classify(request, timeout=30).SerializeToString())
+    probe = ServerProbe(server.proc.pid, server.metrics_port, "fmnist-guarded")
+    images, batches = probe.batches()
+    spent = probe.measure(lambda: h2load.grpc_load(server.target, "/advguard.v1.GuardedClassifier/Classify",
+                                                   request.SerializeToString(), answer, 400, 16))
+    images_after, batches_after = probe.batches()
+    assert spent["result"].ok == 400 and images_after - images >= 400  # every call's image went through a batch
+    assert spent["mean_batch"] == (images_after - images) / (batches_after - batches)
+    assert 1 <= spent["mean_batch"] <= 16  # no batch larger than the calls in flight
+    assert spent["server_cpu_us"] > 0

@@ -1,0 +1,100 @@
+"""`python -m bench.handler_cost`: what advguard's own code costs per guarded Classify call,
+without gRPC's transport, on the event loop thread.
+
+The server's handler, interceptor (auth check, metrics), dynamic batcher and pipeline run as in
+`advguard serve`, on one asyncio loop, with `concurrency` calls in flight; only gRPC is left out
+(requests are parsed from and responses serialized to bytes here, the servicer context is a
+stub). It prints calls/s and the loop thread's CPU time per call (`time.thread_time`), the part
+of a call's cost that advguard's Python controls; compare it with the server's per-call CPU
+under load (bench.serve) to see how much is gRPC's. Example:
+    python -m bench.handler_cost --store model_store --model fmnist-fast
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import grpc
+
+from bench.serve import clean_images, image_messages
+from protos.advguard.v1 import guard_pb2
+
+METHOD = "/advguard.v1.GuardedClassifier/Classify"
+
+
+class CallDetails(NamedTuple):
+    method: str
+    invocation_metadata: tuple
+
+
+class StubContext:
+    """What the handler asks of a grpc.aio.ServicerContext on the success path."""
+
+    def time_remaining(self):
+        return None
+
+    def code(self):
+        return None
+
+    async def abort(self, code, message):
+        raise RuntimeError(f"{code}: {message}")
+
+
+async def measure(store: Path, model: str, calls: int, concurrency: int) -> tuple[float, float]:
+    """(calls/s, loop-thread CPU seconds per call)."""
+    from serving.batching import BatchingOptions
+    from serving.dispatch import Dispatcher
+    from serving.engine import EngineOptions
+    from serving.interceptors import ServerInterceptor
+    from serving.metrics import Metrics
+    from serving.preprocess import Limits
+    from serving.served import ModelManager
+    from serving.servicer import GuardedClassifierServicer
+
+    metrics = Metrics()
+    with ThreadPoolExecutor(1, thread_name_prefix="advguard-model") as executor:
+        models = ModelManager(store, EngineOptions(), BatchingOptions(), metrics, executor, model)
+        await models.load_all()
+        servicer = GuardedClassifierServicer(Dispatcher(models, metrics, Limits()))
+
+        async def continuation(details):
+            return grpc.unary_unary_rpc_method_handler(servicer.Classify)
+
+        details = CallDetails(METHOD, ())
+        handler = (await ServerInterceptor(metrics).intercept_service(continuation, details)).unary_unary
+        message = guard_pb2.ClassifyRequest(model=model, image=image_messages(clean_images(1))[0]).SerializeToString()
+
+        async def client(n: int) -> None:
+            for _ in range(n):  # each call in its own task, as gRPC runs it
+                request = guard_pb2.ClassifyRequest.FromString(message)
+                response = await asyncio.get_running_loop().create_task(handler(request, StubContext()))
+                response.SerializeToString()
+
+        await asyncio.gather(*[client(50) for _ in range(concurrency)])  # warm up
+        began, cpu = time.perf_counter(), time.thread_time()
+        await asyncio.gather(*[client(calls // concurrency) for _ in range(concurrency)])
+        done = calls // concurrency * concurrency
+        rate, per_call = done / (time.perf_counter() - began), (time.thread_time() - cpu) / done
+        await models.close()
+    return rate, per_call
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default="model_store", type=Path)
+    p.add_argument("--model", default="fmnist-fast")
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--concurrency", type=int, default=32)
+    args = p.parse_args(argv)
+    rate, per_call = asyncio.run(measure(args.store, args.model, args.calls, args.concurrency))
+    print(f"guarded Classify without gRPC, c={args.concurrency}: {rate:,.0f} calls/s; "
+          f"event loop thread {per_call * 1e6:.1f} us CPU per call")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
