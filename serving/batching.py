@@ -1,17 +1,9 @@
 """Dynamic batching with a bounded queue and deadlines (asyncio + numpy; no grpc, no prometheus).
 
 Requests (one or more images each) wait in a queue; a batch is formed when a model instance is
-free, from every waiting request up to `max_batch_size` images. Batch size matters even with a
-fast model: every batch costs a fixed hand-off to the model thread and back, and on 2 cores that
-cost, not the model, limits a server under concurrent load. So a free instance may wait for its
-batch to fill:
-- a request whose previous batch held one image (calls made one at a time) runs at once;
-- otherwise the instance waits until the queue holds as many images as the largest of the last
-  RECENT_BATCHES batches (so batches follow the load's concurrency instead of shrinking because
-  the instance came free a moment early), or until no request has come for 1/GAP_FRACTION of
-  `max_queue_delay_us` (the burst is over), or `max_queue_delay_us` has passed, whichever is
-  first. `delay_lone_requests` waits for `max_batch_size` images instead, lone requests too.
-A request is never split: one larger than `max_batch_size` runs as a batch of its own. When
+free, from every waiting request up to `max_batch_size` images, once the instance has waited
+for a fuller batch as `serving.batch_wait` decides (never for calls made one at a time). A
+request is never split: one larger than `max_batch_size` runs as a batch of its own. When
 `max_queue_size` images already wait, a new request fails at once with `QueueFullError`
 instead of waiting without bound. A request whose deadline has passed by the time its batch
 forms is dropped with `DeadlineExceededError`.
@@ -33,17 +25,15 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from collections.abc import Callable, Generator
 
 import numpy as np
 
+from serving.batch_wait import BatchWait
+
 log = logging.getLogger(__name__)
-
-
-GAP_FRACTION = 4     # a wait ends once no request came for this fraction of the queue delay
-RECENT_BATCHES = 16  # a wait ends once the queue holds as many images as the largest of these
 
 
 class QueueFullError(RuntimeError):
@@ -64,10 +54,10 @@ class BatcherClosedError(RuntimeError):
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    """max_batch_size: images gathered into one model run; max_queue_delay_us: how long a free
-    instance waits for the queue to hold as many images as the previous batch (0: never waits);
-    delay_lone_requests: wait for max_batch_size images instead; max_queue_size: images allowed
-    to wait; instances: batches of one model run at the same time."""
+    """max_batch_size: images gathered into one model run; max_queue_delay_us: the longest a
+    free instance waits for a fuller batch (0: never; see serving.batch_wait);
+    delay_lone_requests: wait for max_batch_size images, lone requests too; max_queue_size:
+    images allowed to wait; instances: batches of one model run at the same time."""
 
     max_batch_size: int = 64
     max_queue_delay_us: int = 2000
@@ -121,10 +111,7 @@ class DynamicBatcher:
         self._pending: collections.deque[_Request] = collections.deque()
         self._queued = 0
         self._running = 0          # batches handed to the executor and not yet answered
-        self._recent: collections.deque[int] = collections.deque([0], maxlen=RECENT_BATCHES)  # images per batch
-        self._last_submit = 0.0
-        self._wait_until = 0.0     # when the current wait for a fuller batch ends at the latest
-        self._gap = options.max_queue_delay_us / 1e6 / GAP_FRACTION
+        self._wait = BatchWait(options.max_batch_size, options.max_queue_delay_us, options.delay_lone_requests)
         self._scheduled = False    # a dispatch is due (next loop turn, or when the delay ends)
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -148,11 +135,11 @@ class DynamicBatcher:
         if self._queued + n > limit:
             raise QueueFullError(f"queue full: {self._queued} images waiting (limit {limit}); retry with backoff")
         future = self._loop.create_future()
-        self._last_submit = self._loop.time()
+        self._wait.arrived(self._loop.time())
         self._pending.append(_Request(x, guard, future, deadline))
         self._queued += n
         self._idle.clear()
-        if self._timer is not None and self._queued >= self._target():
+        if self._timer is not None and self._queued >= self._wait.target():
             self._timer.cancel()  # the batch is as large as it is waiting to be
             self._timer = None
             self._loop.call_soon(self._dispatch)
@@ -173,29 +160,17 @@ class DynamicBatcher:
         if self._scheduled or not self._pending or self._running >= self.options.instances:
             return
         self._scheduled = True
-        delay = self.options.max_queue_delay_us / 1e6
-        if delay and self._queued < self._target():
-            self._wait_until = self._loop.time() + delay
-            self._timer = self._loop.call_later(min(delay, self._gap), self._waited)
+        if self._wait.needed(self._queued):
+            self._timer = self._loop.call_at(self._wait.begin(self._loop.time()), self._waited)
         else:
             self._loop.call_soon(self._dispatch)
 
     def _waited(self) -> None:
-        """Dispatch once the delay is over or no request came for a gap; else wait on."""
-        now = self._loop.time()
-        until = min(self._wait_until, self._last_submit + self._gap)
-        if now >= until:
+        check = self._wait.next_check(self._loop.time())
+        if check is None:
             self._dispatch()
         else:
-            self._timer = self._loop.call_at(until, self._waited)
-
-    def _target(self) -> int:
-        """Images a free instance waits for (up to the queue delay)."""
-        if self.options.delay_lone_requests:
-            return self.options.max_batch_size
-        if self._recent[-1] <= 1:
-            return 1
-        return min(max(self._recent), self.options.max_batch_size)
+            self._timer = self._loop.call_at(check, self._waited)
 
     def _dispatch(self) -> None:
         self._scheduled, self._timer = False, None
@@ -234,7 +209,7 @@ class DynamicBatcher:
             guard = flags.pop() if len(flags) == 1 else np.concatenate(
                 [np.full(len(r.x), r.guard) for r in batch])
         self.on_batch(len(x))
-        self._recent.append(len(x))
+        self._wait.ran(len(x))
         self._running += 1
         self._advance(batch, self._steps(x, guard), None)
 

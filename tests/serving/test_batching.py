@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from serving.batch_wait import GAP_FRACTION, BatchWait
 from serving.batching import (
-    GAP_FRACTION, BatcherClosedError, BatchingOptions, DeadlineExceededError, DynamicBatcher, QueueFullError,
+    BatcherClosedError, BatchingOptions, DeadlineExceededError, DynamicBatcher, QueueFullError,
     RequestTooLargeError,
 )
 
@@ -216,3 +217,32 @@ def test_stepwise_run_keeps_its_python_on_the_loop_and_its_blocking_calls_in_the
     run(main())
     assert threads["steps"] == {threading.get_ident()}
     assert threads["calls"] and threading.get_ident() not in threads["calls"]
+
+
+def test_batch_wait_targets_recent_batch_sizes_and_ends_on_a_quiet_gap():
+    wait = BatchWait(max_batch_size=8, max_queue_delay_us=4000)  # gap: 1 ms
+    assert not wait.needed(queued=1)  # nothing ran yet: a lone request goes at once
+    wait.ran(1)
+    assert wait.target() == 1 and not wait.needed(1)
+    for images in (3, 12, 5):  # the largest recent batch (capped at max_batch_size) is the target
+        wait.ran(images)
+    assert wait.target() == 8 and wait.needed(7) and not wait.needed(8)
+    wait.arrived(10.0)
+    assert wait.begin(10.0) == pytest.approx(10.0 + 0.004 / GAP_FRACTION)  # first check: one gap later
+    wait.arrived(10.0008)
+    assert wait.next_check(10.001) == pytest.approx(10.0018)  # a request came: wait a gap after it
+    assert wait.next_check(10.0018) is None  # quiet for a gap: go
+    for t in (10.0025, 10.0033):  # requests keep coming: the delay still ends the wait
+        wait.arrived(t)
+    assert wait.next_check(10.0039) == pytest.approx(10.004) and wait.next_check(10.0041) is None
+    for _ in range(16):  # after 16 lone batches the old large batches are forgotten
+        wait.ran(1)
+    assert wait.target() == 1
+
+
+def test_batch_wait_for_full_batches_and_no_delay():
+    full = BatchWait(max_batch_size=8, max_queue_delay_us=4000, wait_for_full=True)
+    assert full.target() == 8 and full.needed(1)  # lone requests wait too
+    never = BatchWait(max_batch_size=8, max_queue_delay_us=0)
+    never.ran(5)
+    assert not never.needed(1)
