@@ -2,7 +2,9 @@
 
 Pure core shared by the gRPC server and the TorchServe handler: no grpc, no prometheus.
 The input and every view the detectors need (squeezed copies) go through the primary model
-in one ONNX Runtime call.
+in one ONNX Runtime call. `Pipeline.steps` is `Pipeline.run` as a generator that yields its
+blocking calls (model runs) instead of making them, so the server's batcher runs only those
+off its event loop; `drive` runs such steps in the calling thread.
 """
 from __future__ import annotations
 
