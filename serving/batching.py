@@ -245,7 +245,10 @@ class DynamicBatcher:
                 if not request.future.done():
                     request.future.set_exception(err)
         else:
-            self.on_result(result)
+            try:
+                self.on_result(result)
+            except Exception:  # noqa: BLE001 - counting must never keep a batch from its answers
+                log.exception("on_result failed for a batch of %d requests", len(batch))
             start = 0
             for request in batch:
                 n = len(request.x)

@@ -246,3 +246,18 @@ def test_batch_wait_for_full_batches_and_no_delay():
     never = BatchWait(max_batch_size=8, max_queue_delay_us=0)
     never.ran(5)
     assert not never.needed(1)
+
+
+def test_a_failing_result_hook_does_not_keep_the_answers_back():
+    def broken_counter(result):
+        raise RuntimeError("metrics backend down")
+
+    async def main():
+        model = GatedModel()
+        model.gate.set()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(model.run, BatchingOptions(), pool, on_result=broken_counter)
+            results = await asyncio.wait_for(asyncio.gather(*[batcher.submit(images(1, i / 4)) for i in range(3)]), 30)
+            await batcher.close()
+        assert [r.values.tolist() for r in results] == [[0.0], [0.25], [0.5]]
+    run(main())
