@@ -261,3 +261,28 @@ def test_a_failing_result_hook_does_not_keep_the_answers_back():
             await batcher.close()
         assert [r.values.tolist() for r in results] == [[0.0], [0.25], [0.5]]
     run(main())
+
+
+def test_a_lone_request_runs_whole_in_the_executor_and_a_batch_runs_stepwise():
+    used = []
+
+    def whole(x, guard):
+        used.append(("whole", len(x), threading.get_ident()))
+        return Rows(x[:, 0, 0, 0].copy())
+
+    def steps(x, guard):
+        used.append(("steps", len(x), threading.get_ident()))
+        return (yield lambda: Rows(x[:, 0, 0, 0].copy()))
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(steps, BatchingOptions(max_queue_delay_us=0), pool, run_alone=whole)
+            assert (await batcher.submit(images(1, 0.5))).values.tolist() == [0.5]
+            three = [batcher.submit_nowait(images(1, i / 4)) for i in range(3)]  # one loop turn: one batch
+            assert [r.values.tolist() for r in await asyncio.gather(*three)] == [[0.0], [0.25], [0.5]]
+            await batcher.close()
+
+    run(main())
+    main_thread = threading.get_ident()
+    assert [(kind, n) for kind, n, _ in used] == [("whole", 1), ("steps", 3)]
+    assert used[0][2] != main_thread and used[1][2] == main_thread
