@@ -11,9 +11,9 @@ forms is dropped with `DeadlineExceededError`.
 `run` is either a blocking function `run(x, guard) -> result`, run in the executor, or a
 generator function (`Pipeline.steps`) whose Python runs on the event loop and which yields
 only its blocking calls (model runs, which release the GIL) for the executor: the model thread
-then never competes with the event loop for the GIL. `run_alone` (`Pipeline.run`), when given,
-runs a lone request (a batch of one, nothing else waiting) whole in the executor instead:
-that is faster for calls made one at a time, the stepwise run under load (docs/RESULTS.md).
+then never competes with the event loop for the GIL (see serving.steps). A lone request (a
+batch of one, nothing else waiting) runs its steps whole in the executor instead: that is
+faster for calls made one at a time, the split run under load (docs/RESULTS.md).
 
 Example:
     batcher = DynamicBatcher(pipeline.steps, BatchingOptions(max_batch_size=64), executor)
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import functools
 import inspect
 import logging
 from collections.abc import Callable, Generator
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.batch_wait import BatchWait
+from serving.steps import one_step, whole
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,6 @@ class BatchingOptions:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
 
 
-def one_step(run: Callable) -> Callable[..., Generator]:
-    """A blocking `run(x, guard)` as steps: the whole call goes to the executor."""
-    def steps(x: np.ndarray, guard):
-        return (yield functools.partial(run, x, guard))
-    return steps
-
-
 class _Request:
     __slots__ = ("x", "guard", "future", "deadline")
 
@@ -101,9 +94,7 @@ class DynamicBatcher:
     def __init__(self, run: Callable, options: BatchingOptions, executor: Executor,
                  on_batch: Callable[[int], None] | None = None,
                  on_depth: Callable[[int], None] | None = None,
-                 on_result: Callable[[object], None] | None = None,
-                 run_alone: Callable | None = None) -> None:
-        self.run = run
+                 on_result: Callable[[object], None] | None = None) -> None:
         self.options = options
         self.executor = executor
         self.on_batch = on_batch or (lambda size: None)
@@ -111,7 +102,6 @@ class DynamicBatcher:
         self.on_result = on_result or (lambda result: None)  # once per batch, before it is split
         self._loop = asyncio.get_running_loop()
         self._steps = run if inspect.isgeneratorfunction(run) else one_step(run)
-        self._steps_alone = one_step(run_alone) if run_alone is not None else self._steps
         self._pending: collections.deque[_Request] = collections.deque()
         self._queued = 0
         self._running = 0          # batches handed to the executor and not yet answered
@@ -215,8 +205,10 @@ class DynamicBatcher:
         self.on_batch(len(x))
         self._wait.ran(len(x))
         self._running += 1
-        alone = len(batch) == 1 and not self._pending  # a lone call: the whole run in the executor
-        self._advance(batch, (self._steps_alone if alone else self._steps)(x, guard), None)
+        steps = self._steps(x, guard)
+        if len(batch) == 1 and not self._pending:  # a lone call: the whole run in the executor
+            steps = whole(steps)
+        self._advance(batch, steps, None)
 
     def _advance(self, batch: list[_Request], steps: Generator, done: concurrent.futures.Future | None) -> None:
         """Drive a run: its Python runs here on the loop, each blocking call it yields in the

@@ -4,12 +4,11 @@ Pure core shared by the gRPC server and the TorchServe handler: no grpc, no prom
 The input and every view the detectors need (squeezed copies) go through the primary model
 in one ONNX Runtime call. `Pipeline.steps` is `Pipeline.run` as a generator that yields its
 blocking calls (model runs) instead of making them, so the server's batcher runs only those
-off its event loop; `drive` runs such steps in the calling thread.
+off its event loop; `serving.steps.drive` runs them in the calling thread.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from serving.guard import (
     CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
     required_views, run_guard,
 )
+from serving.steps import drive
 
 
 def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Outputs:
@@ -29,24 +29,13 @@ def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Ou
 
 
 def output_steps(model: OnnxModel, x: np.ndarray, views: dict[str, View]):
-    """`model_outputs` as steps: yields the one blocking model call (see `drive`)."""
+    """`model_outputs` as steps: yields the one blocking model call (see serving.steps)."""
     if not views:
         return Outputs(softmax((yield functools.partial(model.logits, x))))
     batch = np.concatenate([x] + [view(x) for view in views.values()])
     probs = softmax((yield functools.partial(model.logits, batch)))
     n = len(x)
     return Outputs(probs[:n], {name: probs[n * (i + 1):n * (i + 2)] for i, name in enumerate(views)})
-
-
-def drive(steps: Generator):
-    """Run steps that yield blocking calls (model runs, which release the GIL) in this thread;
-    the dynamic batcher drives the same steps, running the yielded calls in its executor."""
-    try:
-        call = next(steps)
-        while True:
-            call = steps.send(call())
-    except StopIteration as stop:
-        return stop.value
 
 
 def _scatter(result: GuardResult, mask: np.ndarray) -> GuardResult:
@@ -117,7 +106,7 @@ class Pipeline:
         return drive(self.steps(x, guard))
 
     def steps(self, x: np.ndarray, guard: bool | np.ndarray = True):
-        """`run` as steps that yield its blocking model calls (see `drive`)."""
+        """`run` as steps that yield its blocking model calls (see serving.steps)."""
         n = len(x)
         mask = np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
         answered_by = np.full(n, self.bundle.primary.file, dtype=object)

@@ -73,7 +73,7 @@ class ModelManager:
         depth = self.metrics.queue_depth.labels(name)
         batcher = DynamicBatcher(pipeline.steps, self.batching, self.executor,
                                  on_batch=batch_size.observe, on_depth=depth.set,
-                                 on_result=verdict_counter(self.metrics, name), run_alone=pipeline.run)
+                                 on_result=verdict_counter(self.metrics, name))
         for f in pipeline.bundle.models:
             self.metrics.model_info.labels(name, pipeline.bundle.version, f.file, f.sha256).set(1)
         self.metrics.model_loads.labels(name, "loaded").inc()

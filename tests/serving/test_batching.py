@@ -204,8 +204,10 @@ def test_stepwise_run_keeps_its_python_on_the_loop_and_its_blocking_calls_in_the
     async def main():
         with ThreadPoolExecutor(1) as pool:
             batcher = DynamicBatcher(steps, BatchingOptions(), pool)
-            assert (await batcher.submit(images(2, 0.25))).values.tolist() == [0.5, 0.5]
-            assert (await batcher.submit(images(1, np.nan))).values.tolist() == [0.0]
+            pair = [batcher.submit_nowait(images(1, 0.25)) for _ in range(2)]  # one batch of two requests
+            assert [r.values.tolist() for r in await asyncio.gather(*pair)] == [[0.5], [0.5]]
+            pair = [batcher.submit_nowait(images(1, v)) for v in (0.25, np.nan)]
+            assert [r.values.tolist() for r in await asyncio.gather(*pair)] == [[0.0], [0.0]]
             await batcher.close()
             failing = DynamicBatcher(broken, BatchingOptions(max_queue_delay_us=0), pool)
             both = [failing.submit_nowait(images(1)) for _ in range(2)]
@@ -266,17 +268,13 @@ def test_a_failing_result_hook_does_not_keep_the_answers_back():
 def test_a_lone_request_runs_whole_in_the_executor_and_a_batch_runs_stepwise():
     used = []
 
-    def whole(x, guard):
-        used.append(("whole", len(x), threading.get_ident()))
-        return Rows(x[:, 0, 0, 0].copy())
-
     def steps(x, guard):
         used.append(("steps", len(x), threading.get_ident()))
         return (yield lambda: Rows(x[:, 0, 0, 0].copy()))
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            batcher = DynamicBatcher(steps, BatchingOptions(max_queue_delay_us=0), pool, run_alone=whole)
+            batcher = DynamicBatcher(steps, BatchingOptions(max_queue_delay_us=0), pool)
             assert (await batcher.submit(images(1, 0.5))).values.tolist() == [0.5]
             three = [batcher.submit_nowait(images(1, i / 4)) for i in range(3)]  # one loop turn: one batch
             assert [r.values.tolist() for r in await asyncio.gather(*three)] == [[0.0], [0.25], [0.5]]
@@ -284,5 +282,18 @@ def test_a_lone_request_runs_whole_in_the_executor_and_a_batch_runs_stepwise():
 
     run(main())
     main_thread = threading.get_ident()
-    assert [(kind, n) for kind, n, _ in used] == [("whole", 1), ("steps", 3)]
-    assert used[0][2] != main_thread and used[1][2] == main_thread
+    assert [(kind, n) for kind, n, _ in used] == [("steps", 1), ("steps", 3)]
+    assert used[0][2] != main_thread and used[1][2] == main_thread  # lone: whole in the executor
+
+
+def test_drive_throws_a_failed_call_into_the_steps_as_the_batcher_does():
+    from serving.steps import drive, whole
+
+    def steps(value):
+        try:
+            return (yield lambda: 1 / value)
+        except ZeroDivisionError:
+            return (yield lambda: -1.0)
+
+    assert drive(steps(4)) == 0.25 and drive(steps(0)) == -1.0
+    assert drive(whole(steps(0))) == -1.0  # all of it as one call, same answer
