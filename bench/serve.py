@@ -24,13 +24,9 @@ import asyncio
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -39,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import h2load, wrk
 from bench.loadgen import LoadResult, run_load
+from bench.probe import ServerProbe
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 
 CONCURRENCY = (1, 8, 32)
@@ -83,38 +80,6 @@ def bench_in_process(bundle: Path, images: np.ndarray, threads: int) -> list[dic
 def image_messages(images: np.ndarray) -> list[guard_pb2.Image]:
     return [guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8,
                                                     data=x.tobytes())) for x in images]
-
-
-@dataclass
-class ServerProbe:
-    """What the server spent on a load: CPU time per answered call (all its threads, from /proc)
-    and the mean batch its dynamic batcher ran (from its `advguard_batch_size` histogram)."""
-
-    pid: int
-    metrics_port: int
-    model: str
-
-    def cpu_seconds(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # no /proc: no CPU column
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def batches(self) -> tuple[float, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
-        found = [re.search(rf'^advguard_batch_size_{part}{{model="{re.escape(self.model)}"}} (\S+)$', text, re.M)
-                 for part in ("sum", "count")]
-        return tuple(float(m.group(1)) if m else 0.0 for m in found)
-
-    def measure(self, load: Callable[[], LoadResult]) -> dict:
-        """Run `load`; {"result", "server_cpu_us", "mean_batch"}."""
-        cpu, (images, batches) = self.cpu_seconds(), self.batches()
-        result = load()
-        cpu_after, (images_after, batches_after) = self.cpu_seconds(), self.batches()
-        per_call = (cpu_after - cpu) / result.ok * 1e6 if cpu is not None and result.ok else None
-        mean = (images_after - images) / (batches_after - batches) if batches_after > batches else None
-        return {"result": result, "server_cpu_us": per_call, "mean_batch": mean}
 
 
 def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[int, int],
@@ -236,15 +201,17 @@ def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, dict]:
 
 def report(rows: list[dict]) -> None:
     print(f"{'':2} {'what':52} {'c':>3} {'calls':>6} {'err':>4} {'rate':>10} {'unit':6} {'p50 ms':>8} {'p99 ms':>8}"
-          f"  {'server CPU/call':>15}  mean batch")
+          f"  {'server CPU/call':>15}  {'loop CPU/call':>13}  {'loop busy':>9}  mean batch")
     for r in rows:
         if "note" in r:
             print(f"({r['section']}) {r['name']:52} {r['note']}")
             continue
         cpu = f"{r['server_cpu_us']:.0f} us" if r.get("server_cpu_us") else ""
+        loop = f"{r['loop_cpu_us']:.0f} us" if r.get("loop_cpu_us") else ""
+        busy = f"{100 * r['loop_busy']:.0f}%" if r.get("loop_busy") is not None else ""
         batch = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else ""
         print(f"({r['section']}) {r['name']:52} {r['c']:>3} {r['calls']:>6} {r['errors']:>4} {r['rate']:>10.0f} "
-              f"{r['unit']:6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {cpu:>15}  {batch}".rstrip())
+              f"{r['unit']:6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}  {cpu:>15}  {loop:>13}  {busy:>9}  {batch}".rstrip())
 
     def get(section: str, prefix: str, c) -> dict:
         return next(r for r in rows if r["section"] == section and r["name"].startswith(prefix) and r.get("c") == c)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import grpc
 import pytest
 
 from bench import h2load
+from bench.loadgen import LoadResult
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 from tests.serving.test_load import unary_requests
 
@@ -29,8 +31,8 @@ def test_h2load_counts_good_answers_and_grpc_errors(server, clean_images):
     assert bad.ok == 0 and bad.codes["gRPC error (no body)"] == 50
 
 
-def test_server_probe_reports_cpu_per_call_and_the_batches_the_load_made(server, clean_images):
-    from bench.serve import ServerProbe
+def test_server_probe_reports_cpu_per_call_loop_share_and_the_batches_the_load_made(server, clean_images):
+    from bench.probe import ServerProbe
 
     request = unary_requests(clean_images[0][:1])[0]
     with grpc.insecure_channel(server.target) as channel:
@@ -44,3 +46,7 @@ def test_server_probe_reports_cpu_per_call_and_the_batches_the_load_made(server,
     assert spent["mean_batch"] == (images_after - images) / (batches_after - batches)
     assert 1 <= spent["mean_batch"] <= 16  # no batch larger than the calls in flight
     assert spent["server_cpu_us"] > 0
+    assert 0 < spent["loop_cpu_us"] <= spent["server_cpu_us"]  # the event loop is one of the server's threads
+    assert 0 < spent["loop_busy"] <= 1.05  # one thread: at most one core (clock ticks round)
+    quiet = probe.measure(lambda: LoadResult(seconds=(time.sleep(0.5), 0.5)[1]))  # no calls: an idle loop
+    assert quiet["loop_busy"] < 0.2 < spent["loop_busy"]
