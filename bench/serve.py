@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import subprocess
@@ -37,6 +36,8 @@ from bench import h2load, wrk
 from bench.loadgen import LoadResult, run_load
 from bench.probe import ServerProbe
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from serving.batching import BatchingOptions
+from serving.serve_cli import parse_ready
 
 CONCURRENCY = (1, 8, 32)
 BATCH = 256
@@ -193,10 +194,11 @@ def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, dict]:
            "--max-queue-size", str(QUEUE), *(["--delay-lone-requests"] if args.delay_lone_requests else []), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
-    if not line.startswith("advguard ready "):
+    try:
+        return proc, parse_ready(line)
+    except ValueError:
         proc.kill()
-        raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)})")
-    return proc, json.loads(line[len("advguard ready "):])
+        raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)})") from None
 
 
 def report(rows: list[dict]) -> None:
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and in-process (0: one per core)")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="the server's (its default: 2000)")
+    p.add_argument("--max-queue-delay-us", type=int, default=BatchingOptions.max_queue_delay_us,
+                   help=f"the server's (its default: {BatchingOptions.max_queue_delay_us})")
     p.add_argument("--delay-lone-requests", action="store_true", help="the server's: a fixed queue delay, as Triton's")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of unary calls")
     p.add_argument("--no-torchserve", dest="torchserve", action="store_false",

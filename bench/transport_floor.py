@@ -11,7 +11,6 @@ libgrpc++-dev protobuf-compiler-grpc`). Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import h2load
+from serving.serve_cli import parse_ready
 
 SOURCE = Path(__file__).parent / "cpp_health"
 BUILD = Path(__file__).resolve().parents[1] / "build" / "cpp_health"
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             ("advguard serve (Python, grpc.aio)",
              [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--no-metrics",
               "--poll-seconds", "0"],
-             lambda line: json.loads(line.removeprefix("advguard ready "))["port"]),
+             lambda line: parse_ready(line)["port"]),
             ("C++ gRPC server", [str(binary)], lambda line: int(line))):
         proc, port = start(cmd, ready)
         try:

@@ -136,7 +136,6 @@ class Pipeline:
             rejected = adversarial
         return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
 
-
     def _guard(self, x: np.ndarray, outputs: Outputs):
         """run_guard as a step: a blocking call of its own when a detector runs a model."""
         call = functools.partial(run_guard, self.detectors, self.policy, x, outputs)

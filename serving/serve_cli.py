@@ -13,6 +13,14 @@ import sys
 from pathlib import Path
 
 TOKEN_ENV = "ADVGUARD_AUTH_TOKEN"
+READY = "advguard ready "  # then the JSON above, one line
+
+
+def parse_ready(line: str) -> dict:
+    """The JSON of a ready line `advguard serve` printed; ValueError for any other line."""
+    if not line.startswith(READY):
+        raise ValueError(f"not an advguard ready line: {line!r}")
+    return json.loads(line[len(READY):])
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -92,7 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.server import serve
 
     def ready(info: dict) -> None:
-        print(f"advguard ready {json.dumps(info)}", flush=True)
+        print(f"{READY}{json.dumps(info)}", flush=True)
 
     counts = asyncio.run(serve(settings_from_args(args), on_ready=ready))
     print(f"advguard stopped {json.dumps(counts)}", flush=True)

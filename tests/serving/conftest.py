@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.serve_cli import parse_ready
+
 REPO = Path(__file__).resolve().parents[2]
 # the shared server's limits, small so the tests can hit them cheaply
 LIMITS = {"max_queue_size": 512, "max_batch_size": 64, "max_image_bytes": 256 * 1024,
@@ -59,11 +61,12 @@ def start_server(store: Path, log: Path, *args: str, env: dict | None = None) ->
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, **(env or {})})
     line = proc.stdout.readline()  # blocks until ready (or EOF if it died)
-    if not line.startswith("advguard ready "):
+    try:
+        info = parse_ready(line)
+    except ValueError:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}")
-    info = json.loads(line[len("advguard ready "):])
+        raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}") from None
     return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log)
 
 
