@@ -46,20 +46,20 @@ class StubContext:
 
 async def measure(store: Path, model: str, calls: int, concurrency: int) -> tuple[float, float]:
     """(calls/s, loop-thread CPU seconds per call)."""
-    from serving.batching import BatchingOptions
-    from serving.dispatch import Dispatcher
+    from serving.runtime.batcher import BatchingOptions
+    from serving.runtime.dataplane import DataPlane
     from serving.engine import EngineOptions
-    from serving.interceptors import ServerInterceptor
+    from serving.grpc.interceptors import ServerInterceptor
     from serving.metrics import Metrics
     from serving.preprocess import Limits
-    from serving.served import ModelManager
-    from serving.servicer import GuardedClassifierServicer
+    from serving.runtime.models import ModelManager
+    from serving.grpc.classifier import GuardedClassifierServicer
 
     metrics = Metrics()
     with ThreadPoolExecutor(1, thread_name_prefix="advguard-model") as executor:
         models = ModelManager(store, EngineOptions(), BatchingOptions(), metrics, executor, model)
         await models.load_all()
-        servicer = GuardedClassifierServicer(Dispatcher(models, metrics, Limits()))
+        servicer = GuardedClassifierServicer(DataPlane(models, metrics, Limits()))
 
         async def continuation(details):
             return grpc.unary_unary_rpc_method_handler(servicer.Classify)

@@ -36,8 +36,8 @@ from bench import h2load, wrk
 from bench.loadgen import LoadResult, run_load
 from bench.probe import ServerProbe
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
-from serving.batching import BatchingOptions
-from serving.serve_cli import parse_ready
+from serving.runtime.batcher import BatchingOptions
+from advguard.cli.serve import parse_ready
 
 CONCURRENCY = (1, 8, 32)
 BATCH = 256

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.guard_detection import attack_images
     from serving.engine import OnnxModel
     from serving.guard import threshold_for_fpr
-    from serving.squeezing import FeatureSqueezing
+    from serving.guard.squeezing import FeatureSqueezing
     from training.checkpoint import load_model
     from training.data import DataConfig, load_splits
     from training.export.calibrate import detector_scores

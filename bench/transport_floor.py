@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import h2load
-from serving.serve_cli import parse_ready
+from advguard.cli.serve import parse_ready
 
 SOURCE = Path(__file__).parent / "cpp_health"
 BUILD = Path(__file__).resolve().parents[1] / "build" / "cpp_health"

@@ -7,6 +7,8 @@ name), detector. Never a request id.
 """
 from __future__ import annotations
 
+import contextvars
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
@@ -54,3 +56,29 @@ class Metrics:
         """Start /metrics on `port` (0: any free port); returns the port bound."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port
+
+
+class CallLabels:
+    """The labels only a call's handler knows (the model that answered, the verdict, the status
+    it ended with), read by the front end's per-call metrics when the call ends."""
+
+    __slots__ = ("model", "verdict", "code")
+
+    def __init__(self) -> None:
+        self.model, self.verdict, self.code = "", "none", ""
+
+
+_current: contextvars.ContextVar[CallLabels] = contextvars.ContextVar("advguard_call_labels")
+
+
+def set_call_labels() -> CallLabels:
+    """Fresh labels for the call running in this task (each call runs in its own context copy)."""
+    labels = CallLabels()
+    _current.set(labels)
+    return labels
+
+
+def call_labels() -> CallLabels:
+    """The labels of the call being handled (a throwaway outside one)."""
+    labels = _current.get(None)
+    return labels if labels is not None else CallLabels()

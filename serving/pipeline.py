@@ -4,7 +4,7 @@ Pure core shared by the gRPC server and the TorchServe handler: no grpc, no prom
 The input and every view the detectors need (squeezed copies) go through the primary model
 in one ONNX Runtime call. `Pipeline.steps` is `Pipeline.run` as a generator that yields its
 blocking calls (model runs) instead of making them, so the server's batcher runs only those
-off its event loop; `serving.steps.drive` runs them in the calling thread.
+off its event loop; `serving.runtime.offload.drive` runs them in the calling thread.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from serving.guard import (
     CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
     required_views, run_guard,
 )
-from serving.steps import drive
+from serving.runtime.offload import drive
 
 
 def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Outputs:
@@ -29,7 +29,7 @@ def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Ou
 
 
 def output_steps(model: OnnxModel, x: np.ndarray, views: dict[str, View]):
-    """`model_outputs` as steps: yields the one blocking model call (see serving.steps)."""
+    """`model_outputs` as steps: yields the one blocking model call (see serving.runtime.offload)."""
     if not views:
         return Outputs(softmax((yield functools.partial(model.logits, x))))
     batch = np.concatenate([x] + [view(x) for view in views.values()])
@@ -83,7 +83,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: Path | str, engine: EngineOptions | None = None) -> "Pipeline":
-        from serving.detectors import build_detectors
+        from serving.guard.registry import build_detectors
 
         bundle = load_bundle(path)
         primary = OnnxModel.load(bundle.path / bundle.primary.file, engine)
@@ -106,7 +106,7 @@ class Pipeline:
         return drive(self.steps(x, guard))
 
     def steps(self, x: np.ndarray, guard: bool | np.ndarray = True):
-        """`run` as steps that yield its blocking model calls (see serving.steps)."""
+        """`run` as steps that yield its blocking model calls (see serving.runtime.offload)."""
         n = len(x)
         mask = np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
         answered_by = np.full(n, self.bundle.primary.file, dtype=object)
@@ -140,10 +140,3 @@ class Pipeline:
         """run_guard as a step: a blocking call of its own when a detector runs a model."""
         call = functools.partial(run_guard, self.detectors, self.policy, x, outputs)
         return (yield call) if self.blocking_guard else call()
-
-
-_VERDICT_NAMES = {int(v): v.name.lower() for v in Verdict}
-
-
-def verdict_name(verdict: int) -> str:
-    return _VERDICT_NAMES[int(verdict)]

@@ -14,12 +14,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serving.bundle import InputSpec
+from serving.errors import InputError
 
 FORMATS = ("PNG", "JPEG")
-
-
-class InputError(ValueError):
-    """The request's input is unusable; the message says what was wrong."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.pipeline import Pipeline, verdict_name
-from serving.preprocess import InputError, Limits, decode_image
+from serving.answer import Answers
+from serving.errors import InputError
+from serving.pipeline import Pipeline
+from serving.preprocess import Limits, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class AdvguardHandler:
 
     def handle(self, data: list, context: Any) -> list:
         assert self.pipeline is not None
-        answers: list[Any] = [None] * len(data)
+        replies: list[Any] = [None] * len(data)
         arrays, index = [], []
         for i, row in enumerate(data):
             try:
@@ -53,29 +55,12 @@ class AdvguardHandler:
                 index.append(i)
             except InputError as err:
                 context.set_response_status(code=400, phrase=str(err), idx=i)
-                answers[i] = {"error": str(err), "code": 400}
+                replies[i] = {"error": str(err), "code": 400}
         if arrays:
-            result = self.pipeline.run(np.stack(arrays))
+            answers = Answers(self.pipeline, self.pipeline.run(np.stack(arrays)))
             for j, i in enumerate(index):
-                answers[i] = self._answer(result, j)
-        return answers
-
-    def _answer(self, result, j: int) -> dict:
-        assert self.pipeline is not None
-        cls = int(result.classes[j])
-        answer = {"class_index": cls, "class_name": self.pipeline.labels[cls],
-                  "probabilities": [float(p) for p in result.probs[j]],
-                  "model": self.pipeline.bundle.name, "model_version": self.pipeline.bundle.version,
-                  "answered_by": str(result.answered_by[j])}
-        if result.guard is not None:
-            answer["verdict"] = verdict_name(result.guard.verdicts[j]).upper()
-            answer["attack_score"] = float(result.guard.attack_scores[j])
-            answer["detectors"] = [{"name": o.name, "score": float(o.scores[j]), "threshold": float(o.threshold),
-                                    "flagged": bool(o.flagged[j])} for o in result.guard.outcomes]
-        if bool(result.rejected[j]):
-            answer.pop("class_index"), answer.pop("class_name")
-            answer["rejected"] = True
-        return answer
+                replies[i] = answers.as_dict(j)
+        return replies
 
 
 _service = AdvguardHandler()

@@ -71,7 +71,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.serve_cli import run_serve
+    from advguard.cli.serve import run_serve
 
     return run_serve(args)
 
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="serve the bundles in a model store over gRPC")
-    from serving.serve_cli import add_serve_args
+    from advguard.cli.serve import add_serve_args
 
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)

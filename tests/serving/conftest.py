@@ -1,7 +1,7 @@
 """Serving fixtures: a calibrated bundle built from `trained_run`, a model store with two bundles,
 and real `advguard serve` processes on free loopback ports (one shared by most tests).
 
-Never import `protos.inference` (or `serving.server`/`serving.oip`) in the test process: its
+Never import `protos.inference` (or `serving.grpc.server`/`serving.grpc.inference`) in the test process: its
 message names are the same as tritonclient's, and the protobuf pool refuses duplicates.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.serve_cli import parse_ready
+from advguard.cli.serve import parse_ready
 
 REPO = Path(__file__).resolve().parents[2]
 # the shared server's limits, small so the tests can hit them cheaply

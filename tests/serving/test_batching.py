@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.batch_wait import GAP_FRACTION, BatchWait
-from serving.batching import (
+from serving.runtime.batch_wait import GAP_FRACTION, BatchWait
+from serving.runtime.batcher import (
     BatcherClosedError, BatchingOptions, DeadlineExceededError, DynamicBatcher, QueueFullError,
     RequestTooLargeError,
 )
@@ -287,7 +287,7 @@ def test_a_lone_request_runs_whole_in_the_executor_and_a_batch_runs_stepwise():
 
 
 def test_drive_throws_a_failed_call_into_the_steps_as_the_batcher_does():
-    from serving.steps import drive, whole
+    from serving.runtime.offload import drive, whole
 
     def steps(value):
         try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from serving.guard import CalibratedDetector, Outputs, Policy, Verdict, run_guard, threshold_for_fpr
-from serving.squeezing import median_smooth_2x2, reduce_bit_depth
+from serving.guard.squeezing import median_smooth_2x2, reduce_bit_depth
 
 
 def test_median_matches_scipy():

@@ -48,7 +48,7 @@ def _entry(bundle_dir) -> dict:
 
 def _mia_scores(bundle_dir, x: np.ndarray) -> np.ndarray:
     """mia-vote's scores on `x`, through the calibration scorer (as at export)."""
-    from serving.detectors import create_detector
+    from serving.guard.registry import create_detector
     from serving.engine import OnnxModel
     from training.export.calibrate import detector_scores
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.pipeline import Pipeline, verdict_name
+from serving.guard import verdict_name
+from serving.pipeline import Pipeline
 from serving.preprocess import decode_image
 from tests.support import encode_image, free_port
 

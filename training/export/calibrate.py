@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.detectors import create_detector, known_detectors
+from serving.guard.registry import create_detector, known_detectors
 from serving.engine import OnnxModel
 from serving.guard import Policy, threshold_for_fpr
 from serving.pipeline import model_outputs
@@ -72,7 +72,7 @@ def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str
 
     `bundle_dir`: where detectors that own a model file (mia-vote) find it; the same rule holds
     for every detector, including mia-vote, whose vote-share score is discrete (see
-    `serving/mia_vote.py`: its measured rate can sit below the target, never above it)."""
+    `serving/guard/mia_vote.py`: its measured rate can sit below the target, never above it)."""
     if spec.max_images is not None:
         x_clean = x_clean[:spec.max_images]
     detectors = [create_detector(name, spec.options.get(name, {}), bundle_dir) for name in spec.detectors]

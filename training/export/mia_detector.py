@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from serving.bundle import BundleError, sha256_file
-from serving.mia_vote import MIA_FILE, MIAVote
+from serving.guard.mia_vote import MIA_FILE, MIAVote
 from training.checkpoint import MODEL_FILE, load_model, read_json
 from training.defenses.mia_export import OUTPUTS, export_mia_onnx, mia_onnx_parity
 from training.export.onnx_export import OPSET

@@ -29,6 +29,15 @@ class Verdict(IntEnum):
     ADVERSARIAL = 3
 
 
+# the one verdict-name table: metrics labels use the lower-case name, answers the upper-case one
+VERDICT_NAMES = tuple(v.name.lower() for v in Verdict)
+
+
+def verdict_name(verdict: int) -> str:
+    """'unspecified', 'clean', 'suspicious' or 'adversarial'."""
+    return VERDICT_NAMES[int(verdict)]
+
+
 @dataclass(frozen=True)
 class Outputs:
     """The primary model's probabilities on the input (N x K) and on each named view (N x K)."""

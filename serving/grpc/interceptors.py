@@ -6,7 +6,6 @@ aborted with) on the `CallLabels` that `call_labels()` returns inside a call.
 """
 from __future__ import annotations
 
-import contextvars
 import hmac
 import inspect
 import time
@@ -14,31 +13,10 @@ from typing import Callable
 
 import grpc
 
-from serving.metrics import Metrics
+from serving.grpc.status import abort
+from serving.metrics import CallLabels, Metrics, set_call_labels
 
 AUTH_HEADER = "authorization"
-
-
-class CallLabels:
-    __slots__ = ("model", "verdict", "code")
-
-    def __init__(self) -> None:
-        self.model, self.verdict, self.code = "", "none", ""
-
-
-_current: contextvars.ContextVar[CallLabels] = contextvars.ContextVar("advguard_call_labels")
-
-
-def call_labels() -> CallLabels:
-    """The labels of the call being handled (a throwaway outside one)."""
-    labels = _current.get(None)
-    return labels if labels is not None else CallLabels()
-
-
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
-    """`context.abort`, recording the code for the metrics first."""
-    call_labels().code = code.name
-    await context.abort(code, message)
 
 
 def _code_of(context, labels: CallLabels, err: BaseException | None) -> str:
@@ -103,8 +81,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         def begin() -> tuple[CallLabels, float]:
             # each call runs in its own task (its own context copy): no reset needed
-            labels = CallLabels()
-            _current.set(labels)
+            labels = set_call_labels()
             metrics.in_flight.inc()
             return labels, time.perf_counter()
 

@@ -65,10 +65,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from serving.batching import BatchingOptions
+    from serving.runtime.batcher import BatchingOptions
     from serving.engine import EngineOptions
     from serving.preprocess import Limits
-    from serving.server import ServerSettings, TLSFiles
+    from serving.grpc.server import ServerSettings, TLSFiles
 
     token = os.environ.get(TOKEN_ENV) or None
     if args.auth_token_file:
@@ -97,7 +97,7 @@ def settings_from_args(args: argparse.Namespace):
 def run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from serving.server import serve
+    from serving.grpc.server import serve
 
     def ready(info: dict) -> None:
         print(f"{READY}{json.dumps(info)}", flush=True)

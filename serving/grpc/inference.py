@@ -20,22 +20,21 @@ from __future__ import annotations
 import struct
 from importlib import metadata
 
-import grpc
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving.dispatch import Dispatcher
-from serving.guard import Verdict
-from serving.interceptors import abort
-from serving.pipeline import PipelineResult
-from serving.preprocess import InputError, decode_image, tensor_to_array
-from serving.served import ServedModel
+from serving.answer import Answers
+from serving.errors import InputError, UnknownModelError
+from serving.grpc.context import deadline_of
+from serving.grpc.status import handle_errors
+from serving.preprocess import decode_image, tensor_to_array
+from serving.runtime.dataplane import DataPlane
+from serving.runtime.models import ServedModel
 
 INPUT = "input"
 OUTPUTS = ("probabilities", "class_index", "class_name", "verdict", "attack_score",
            "detector_scores", "detector_flags")
-_VERDICTS = [Verdict(v).name.encode() for v in range(len(Verdict))]
 
 
 def _version() -> str:
@@ -101,66 +100,60 @@ def _output(response: pb.ModelInferResponse, name: str, datatype: str, array: np
     response.raw_output_contents.append(pack_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
 
 
-def infer_response(served: ServedModel, result: PipelineResult, wanted: list[str], request_id: str) -> pb.ModelInferResponse:
-    bundle, n = served.bundle, len(result.classes)
-    response = pb.ModelInferResponse(model_name=bundle.name, model_version=bundle.version, id=request_id)
-    guard = result.guard
-    names = [d.detector.name for d in served.pipeline.detectors]
-    response.parameters["detectors"].string_param = ",".join(names)
-    response.parameters["thresholds"].string_param = ",".join(f"{d.threshold:.6g}" for d in served.pipeline.detectors)
-    response.parameters["action"].string_param = served.pipeline.policy.action
-    classes = np.where(result.rejected, -1, result.classes).astype("<i8")
+def infer_response(answers: Answers, wanted: list[str], request_id: str) -> pb.ModelInferResponse:
+    """The wanted outputs of `answers` as OIP tensors (what to show is the answer builder's call)."""
+    n, d = len(answers), len(answers.detector_names)
+    response = pb.ModelInferResponse(model_name=answers.model, model_version=answers.model_version, id=request_id)
+    response.parameters["detectors"].string_param = ",".join(answers.detector_names)
+    response.parameters["thresholds"].string_param = ",".join(
+        f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
+    response.parameters["action"].string_param = answers.action
     for name in wanted:
         if name == "probabilities":
-            probs = np.where(result.rejected[:, None], 0.0, result.probs).astype("<f4")
+            probs = answers.probability_rows()
             _output(response, name, "FP32", probs, probs.shape)
         elif name == "class_index":
-            _output(response, name, "INT64", classes, (n,))
+            _output(response, name, "INT64", answers.class_indices(), (n,))
         elif name == "class_name":
-            _output(response, name, "BYTES", [bundle.labels[c].encode() if c >= 0 else b"" for c in classes], (n,))
+            _output(response, name, "BYTES", answers.class_names(), (n,))
         elif name == "verdict":
-            verdicts = guard.verdicts if guard is not None else np.zeros(n, dtype=np.int32)
-            _output(response, name, "BYTES", [_VERDICTS[v] for v in verdicts], (n,))
+            _output(response, name, "BYTES", answers.verdict_names(), (n,))
         elif name == "attack_score":
-            scores = guard.attack_scores if guard is not None else np.zeros(n)
-            _output(response, name, "FP32", np.asarray(scores, dtype="<f4"), (n,))
+            _output(response, name, "FP32", answers.attack_scores(), (n,))
         elif name == "detector_scores":
-            cols = [o.scores for o in guard.outcomes] if guard is not None else []
-            scores = np.stack(cols, axis=1) if cols else np.zeros((n, len(names)))
-            _output(response, name, "FP32", scores.astype("<f4"), (n, len(names)))
+            _output(response, name, "FP32", answers.detector_scores(), (n, d))
         elif name == "detector_flags":
-            cols = [o.flagged for o in guard.outcomes] if guard is not None else []
-            flags = np.stack(cols, axis=1) if cols else np.zeros((n, len(names)), dtype=bool)
-            _output(response, name, "BOOL", flags.astype(np.bool_), (n, len(names)))
+            _output(response, name, "BOOL", answers.detector_flags(), (n, d))
     return response
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
         self.ready = True  # set False when the server begins to stop
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.ready and bool(self.dispatcher.models.repo.names()))
+        return pb.ServerReadyResponse(ready=self.ready and bool(self.plane.names()))
 
     async def ModelReady(self, request, context):
         try:
-            self.dispatcher.models.repo.get(request.name, request.version)
-        except LookupError:
+            self.plane.model(request.name, request.version)
+        except UnknownModelError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.ready)
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name="advguard", version=_version(), extensions=[])
 
+    @handle_errors
     async def ModelMetadata(self, request, context):
-        served = await self.dispatcher.model(request.name, request.version, context)
+        served = self.plane.model(request.name, request.version)
         bundle, k = served.bundle, len(served.bundle.labels)
         d = len(served.pipeline.detectors)
-        response = pb.ModelMetadataResponse(name=bundle.name, versions=self.dispatcher.models.repo.versions(bundle.name),
+        response = pb.ModelMetadataResponse(name=bundle.name, versions=self.plane.versions(bundle.name),
                                             platform="advguard_guarded_onnx")
         response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
         for name, datatype, shape in (("probabilities", "FP32", [-1, k]), ("class_index", "INT64", [-1]),
@@ -170,17 +163,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=name, datatype=datatype, shape=shape)
         return response
 
+    @handle_errors
     async def ModelInfer(self, request, context):
-        served = await self.dispatcher.model(request.model_name, request.model_version, context)
+        served = self.plane.model(request.model_name, request.model_version)
         wanted = [o.name for o in request.outputs] or list(OUTPUTS)
         unknown = [name for name in wanted if name not in OUTPUTS]
         if unknown:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
-        try:
-            x = request_images(request, served, self.dispatcher.limits)
-        except InputError as err:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise InputError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+        x = request_images(request, served, self.plane.limits)
         skip = request.parameters["skip_guard"].bool_param if "skip_guard" in request.parameters else False
-        result = await self.dispatcher.infer(served, x, not skip, context)
-        return infer_response(served, result, wanted, request.id)
+        answers = await self.plane.classify(served, x, not skip, deadline_of(context))
+        return infer_response(answers, wanted, request.id)

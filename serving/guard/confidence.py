@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.guard import Outputs
+from serving.guard.policy import Outputs
 
 
 class LowConfidence:

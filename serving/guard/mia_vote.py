@@ -23,7 +23,7 @@ import numpy as np
 
 from serving.bundle import BundleError
 from serving.engine import EngineOptions, OnnxModel
-from serving.guard import Outputs
+from serving.guard.policy import Outputs
 
 MIA_FILE = "mia.onnx"
 SCORE_OUTPUT = "adversarial_score"

@@ -1,6 +1,11 @@
-"""The served models: each loaded bundle version with its batcher, loaded at start-up and kept in
-step with the store (hot reload: new version folders are loaded, verified, warmed up and swapped
-in; removed ones are drained and dropped; a request never sees a half-loaded model)."""
+"""The served models (Triton's model repository and manager, in one place): every version of
+every bundle in a model store, loaded at start-up and kept in step with the store by hot reload
+(new version folders are loaded, verified, warmed up and swapped in; removed ones are drained
+and dropped; a request never sees a half-loaded model).
+
+Readers never lock: every change builds a new mapping and replaces the old one in a single
+assignment, so a request sees either the old set of models or the new one, never half of each.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,18 +14,105 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from serving.batching import BatchingOptions, DynamicBatcher
-from serving.bundle import Bundle, BundleError
+from serving.bundle import Bundle, BundleError, bundle_names, version_dirs
 from serving.engine import EngineOptions
-from serving.metrics import Metrics
+from serving.errors import UnknownModelError
 from serving.guard import Verdict
+from serving.metrics import Metrics
 from serving.pipeline import Pipeline, PipelineResult
-from serving.repository import ModelRepository, load_pipeline
+from serving.runtime.batcher import BatchingOptions, DynamicBatcher
 
 log = logging.getLogger(__name__)
+
+
+class HasBundle(Protocol):
+    bundle: Bundle
+
+
+Entry = TypeVar("Entry", bound=HasBundle)
+
+
+def version_key(version: str) -> tuple:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def load_pipeline(folder: Path, engine: EngineOptions | None = None) -> Pipeline:
+    """Load, verify and warm up the bundle in `folder` (`<store>/<name>/<version>`); the folder's
+    name and version must match the manifest's."""
+    pipeline = Pipeline.load(folder, engine)
+    bundle = pipeline.bundle
+    if (bundle.name, bundle.version) != (folder.parent.name, folder.name):
+        raise BundleError(f"{folder}: manifest says {bundle.name} version {bundle.version}; a bundle "
+                          f"lives in <store>/<name>/<version>/ with the manifest's name and version")
+    pipeline.warm_up()
+    return pipeline
+
+
+class ModelRepository(Generic[Entry]):
+    """name -> version -> entry (a Pipeline, or the server's wrapper around one).
+
+    `get(name, version)` with empty values picks the default bundle (`default_model`, else the
+    first by name) and its latest version (highest number)."""
+
+    def __init__(self, store: Path, default_model: str = "") -> None:
+        self.store = Path(store)
+        self.default_model = default_model
+        self.models: dict[str, dict[str, Entry]] = {}
+
+    def scan(self) -> tuple[list[Path], list[tuple[str, str]]]:
+        """(version folders on disk not loaded yet, loaded (name, version)s gone from disk)."""
+        on_disk = {(folder.parent.name, folder.name): folder
+                   for name in bundle_names(self.store) for folder in version_dirs(self.store, name)}
+        loaded = {(name, version) for name, versions in self.models.items() for version in versions}
+        new = [folder for key, folder in sorted(on_disk.items()) if key not in loaded]
+        return new, sorted(loaded - set(on_disk))
+
+    def add(self, entry: Entry) -> None:
+        bundle = entry.bundle
+        models = {name: dict(versions) for name, versions in self.models.items()}
+        models.setdefault(bundle.name, {})[bundle.version] = entry
+        self.models = models
+
+    def remove(self, name: str, version: str) -> Entry:
+        models = {n: dict(v) for n, v in self.models.items()}
+        entry = models[name].pop(version)
+        if not models[name]:
+            del models[name]
+        self.models = models
+        return entry
+
+    def entries(self) -> list[Entry]:
+        return [e for versions in self.models.values() for e in versions.values()]
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self.models.get(name, {}), key=version_key)
+
+    def default_name(self) -> str:
+        if self.default_model and self.default_model in self.models:
+            return self.default_model
+        names = self.names()
+        return names[0] if names else ""
+
+    def get(self, name: str = "", version: str = "") -> Entry:
+        models = self.models  # one snapshot for the whole lookup
+        name = name or self.default_name()
+        versions = models.get(name)
+        if not versions:
+            raise UnknownModelError(f"unknown model {name!r}; loaded: {', '.join(sorted(models)) or 'none'}")
+        if not version:
+            version = max(versions, key=version_key)
+        entry = versions.get(version)
+        if entry is None:
+            raise UnknownModelError(f"model {name!r} has no version {version!r}; loaded: "
+                                    f"{', '.join(sorted(versions, key=version_key))}")
+        return entry
 
 
 def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], None]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import numpy as np
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
-from serving.dispatch import QUEUE_ERRORS, STATUS_OF, Dispatcher, deadline_of, verdict_label
-from serving.interceptors import abort
-from serving.pipeline import PipelineResult
-from serving.preprocess import InputError, Limits, decode_image, tensor_to_array
-from serving.repository import UnknownModelError
-from serving.served import ServedModel
+from serving.answer import Answers
+from serving.errors import InputError
+from serving.grpc.context import deadline_of
+from serving.grpc.status import CORE_ERRORS, handle_errors, status_of
+from serving.preprocess import Limits, decode_image, tensor_to_array
+from serving.runtime.dataplane import DataPlane, verdict_label
+from serving.runtime.models import ServedModel
 
 _DTYPE_NAMES = {guard_pb2.DTYPE_UINT8: "uint8", guard_pb2.DTYPE_FLOAT32: "float32"}
 STREAM_WINDOW = 1024       # images of a stream queued ahead of the item being answered
@@ -76,32 +76,35 @@ async def decode(image: guard_pb2.Image, served: ServedModel, limits: Limits) ->
     return image_to_array(image, served, limits)
 
 
-def to_response(served: ServedModel, result: PipelineResult, i: int, request_id: str = "") -> guard_pb2.ClassifyResponse:
-    bundle = served.bundle
-    response = guard_pb2.ClassifyResponse(model=bundle.name, model_version=bundle.version,
-                                          answered_by=result.answered_by[i], request_id=request_id)
-    if result.rejected[i]:
-        response.class_index = -1  # withheld: the policy rejects adversarial inputs
-    else:
-        index = int(result.classes[i])
-        response.class_index = index
-        response.class_name = bundle.labels[index]
-        response.probabilities.extend(result.probs[i].tolist())
-    if result.guard is not None and result.guarded[i]:
-        guard = result.guard
-        response.verdict = int(guard.verdicts[i])
-        response.attack_score = float(guard.attack_scores[i])
-        response.action = served.pipeline.policy.action
-        for o in guard.outcomes:
-            response.detectors.add(name=o.name, score=float(o.scores[i]), threshold=o.threshold,
-                                   flagged=bool(o.flagged[i]), calibrated_fpr=o.target_fpr)
+async def decode_nth(image: guard_pb2.Image, served: ServedModel, limits: Limits, i: int) -> np.ndarray:
+    """`decode` for image i of a batch: an InputError names the image."""
+    try:
+        return await decode(image, served, limits)
+    except InputError as err:
+        raise InputError(f"image {i}: {err}") from None
+
+
+def to_response(answers: Answers, i: int, request_id: str = "") -> guard_pb2.ClassifyResponse:
+    """Image i of `answers` as a ClassifyResponse (what to show is the answer builder's call)."""
+    response = guard_pb2.ClassifyResponse(model=answers.model, model_version=answers.model_version,
+                                          answered_by=answers.answered_by(i), request_id=request_id,
+                                          class_index=answers.class_index(i))
+    if not answers.withheld(i):
+        response.class_name = answers.class_name(i)
+        response.probabilities.extend(answers.probabilities(i))
+    if answers.guarded(i):
+        response.verdict = answers.verdict(i)
+        response.attack_score = answers.attack_score(i)
+        response.action = answers.action
+        for d in answers.detectors(i):
+            response.detectors.add(**d)
     return response
 
 
-def model_info(dispatcher: Dispatcher, served: ServedModel) -> guard_pb2.ModelInfo:
+def model_info(plane: DataPlane, served: ServedModel) -> guard_pb2.ModelInfo:
     bundle, pipeline = served.bundle, served.pipeline
     info = guard_pb2.ModelInfo(
-        name=bundle.name, version=bundle.version, versions=dispatcher.models.repo.versions(bundle.name),
+        name=bundle.name, version=bundle.version, versions=plane.versions(bundle.name),
         dataset=bundle.dataset, labels=list(bundle.labels), input_shape=list(bundle.input.shape),
         created=bundle.created, ready=True, guard_policy=pipeline.policy.combine,
         guard_action=pipeline.policy.action)
@@ -113,41 +116,35 @@ def model_info(dispatcher: Dispatcher, served: ServedModel) -> guard_pb2.ModelIn
 
 
 class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-        self.limits = dispatcher.limits
+    """Wire decode -> data plane -> answers -> wire encode; core errors end the call with the
+    status `serving.grpc.status` gives them."""
 
-    async def _decode(self, image, served, context, where: str = "") -> np.ndarray:
-        try:
-            return await decode(image, served, self.limits)
-        except InputError as err:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{where}{err}")
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.limits = plane.limits
 
+    @handle_errors
     async def Classify(self, request, context):
         if request.HasField("batch"):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        "batch is for ClassifyStream items; send many images in one call with ClassifyBatch")
-        served = await self.dispatcher.model(request.model, request.version, context)
-        x = await self._decode(request.image, served, context)
-        result = await self.dispatcher.infer(served, x[None], not request.skip_guard, context)
-        return to_response(served, result, 0, request.request_id)
+            raise InputError("batch is for ClassifyStream items; send many images in one call with ClassifyBatch")
+        served = self.plane.model(request.model, request.version)
+        x = await decode(request.image, served, self.limits)
+        answers = await self.plane.classify(served, x[None], not request.skip_guard, deadline_of(context))
+        return to_response(answers, 0, request.request_id)
 
+    @handle_errors
     async def ClassifyBatch(self, request, context):
-        served = await self.dispatcher.model(request.model, request.version, context)
+        served = self.plane.model(request.model, request.version)
         if request.images and request.HasField("batch"):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "set either images or batch, not both")
+            raise InputError("set either images or batch, not both")
         if request.HasField("batch"):
-            try:
-                x = batch_to_array(request.batch, served)
-            except InputError as err:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            x = batch_to_array(request.batch, served)
         elif request.images:
-            x = np.stack([await self._decode(image, served, context, f"image {i}: ")
-                          for i, image in enumerate(request.images)])
+            x = np.stack([await decode_nth(image, served, self.limits, i) for i, image in enumerate(request.images)])
         else:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no images: set images or batch")
-        result = await self.dispatcher.infer(served, x, not request.skip_guard, context)
-        return guard_pb2.ClassifyBatchResponse(results=[to_response(served, result, i) for i in range(len(x))])
+            raise InputError("request has no images: set images or batch")
+        answers = await self.plane.classify(served, x, not request.skip_guard, deadline_of(context))
+        return guard_pb2.ClassifyBatchResponse(results=[to_response(answers, i) for i in range(len(x))])
 
     async def ClassifyStream(self, request_iterator, context):
         """Items (one image, or a batch) are queued as they arrive, up to STREAM_WINDOW images
@@ -155,22 +152,20 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
         stream goes on."""
         window = ImageWindow(STREAM_WINDOW)
         pending: asyncio.Queue = asyncio.Queue()
-        dispatcher = self.dispatcher
+        plane = self.plane
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     began = time.perf_counter()
                     try:
-                        served = dispatcher.models.repo.get(request.model, request.version)
+                        served = plane.model(request.model, request.version)
                         x = await stream_item_to_array(request, served, self.limits)
                         await window.acquire(len(x))
-                        future = served.batcher.submit_nowait(x, not request.skip_guard, deadline_of(context))
+                        future = plane.submit_nowait(served, x, not request.skip_guard, deadline_of(context))
                         pending.put_nowait((request, served, future, began, None, len(x)))
-                    except (UnknownModelError, InputError, *QUEUE_ERRORS) as err:
-                        code = STATUS_OF.get(type(err), grpc.StatusCode.INVALID_ARGUMENT)
-                        error = guard_pb2.Error(code=code.value[0], message=str(err))
-                        pending.put_nowait((request, None, None, began, error, 0))
+                    except CORE_ERRORS as err:
+                        pending.put_nowait((request, None, None, began, stream_error(err), 0))
                 pending.put_nowait(None)
             except BaseException as err:  # the call ended under us: wake the writer
                 pending.put_nowait(err)
@@ -185,32 +180,37 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
                 if error is None:
                     try:
                         result = await future
-                    except QUEUE_ERRORS as err:
-                        error = guard_pb2.Error(code=STATUS_OF[type(err)].value[0], message=str(err))
+                    except CORE_ERRORS as err:
+                        error = stream_error(err)
                 await window.release(n)
                 if error is not None:
                     yield guard_pb2.ClassifyResponse(request_id=request.request_id, error=error)
                     continue
-                verdict = dispatcher.label(served, result)
+                answers = plane.answers(served, result)
                 if request.HasField("batch"):
                     response = guard_pb2.ClassifyResponse(
-                        request_id=request.request_id, model=served.bundle.name, model_version=served.bundle.version,
-                        results=[to_response(served, result, i) for i in range(n)])
+                        request_id=request.request_id, model=answers.model, model_version=answers.model_version,
+                        results=[to_response(answers, i) for i in range(n)])
                 else:
-                    response = to_response(served, result, 0, request.request_id)
-                dispatcher.metrics.stream_item_latency.labels(served.bundle.name, verdict).observe(
+                    response = to_response(answers, 0, request.request_id)
+                plane.metrics.stream_item_latency.labels(answers.model, verdict_label(result)).observe(
                     time.perf_counter() - began)
                 yield response
         finally:
             reader.cancel()
 
     async def ListModels(self, request, context):
-        repo = self.dispatcher.models.repo
-        return guard_pb2.ListModelsResponse(models=[model_info(self.dispatcher, repo.get(name)) for name in repo.names()])
+        plane = self.plane
+        return guard_pb2.ListModelsResponse(models=[model_info(plane, plane.model(name)) for name in plane.names()])
 
+    @handle_errors
     async def GetModel(self, request, context):
-        served = await self.dispatcher.model(request.name, request.version, context)
-        return model_info(self.dispatcher, served)
+        return model_info(self.plane, self.plane.model(request.name, request.version))
 
 
-__all__ = ["GuardedClassifierServicer", "image_to_array", "to_response", "model_info", "verdict_label"]
+def stream_error(err: Exception) -> guard_pb2.Error:
+    """A ClassifyStream item's error, with the status code the table gives its kind."""
+    return guard_pb2.Error(code=status_of(err).value[0], message=str(err))
+
+
+__all__ = ["GuardedClassifierServicer", "image_to_array", "to_response", "model_info"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.guard import Outputs
+from serving.guard.policy import Outputs
 
 
 def reduce_bit_depth(x: np.ndarray, bits: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Requests (one or more images each) wait in a queue; a batch is formed when a model instance is
 free, from every waiting request up to `max_batch_size` images, once the instance has waited
-for a fuller batch as `serving.batch_wait` decides (never for calls made one at a time). A
+for a fuller batch as `serving.runtime.batch_wait` decides (never for calls made one at a time). A
 request is never split: one larger than `max_batch_size` runs as a batch of its own. When
 `max_queue_size` images already wait, a new request fails at once with `QueueFullError`
 instead of waiting without bound. A request whose deadline has passed by the time its batch
@@ -11,7 +11,7 @@ forms is dropped with `DeadlineExceededError`.
 `run` is either a blocking function `run(x, guard) -> result`, run in the executor, or a
 generator function (`Pipeline.steps`) whose Python runs on the event loop and which yields
 only its blocking calls (model runs, which release the GIL) for the executor: the model thread
-then never competes with the event loop for the GIL (see serving.steps). A lone request (a
+then never competes with the event loop for the GIL (see serving.runtime.offload). A lone request (a
 batch of one, nothing else waiting) runs its steps whole in the executor instead: that is
 faster for calls made one at a time, the split run under load (docs/RESULTS.md).
 
@@ -32,32 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.batch_wait import BatchWait
-from serving.steps import one_step, whole
+from serving.errors import BatcherClosedError, DeadlineExceededError, QueueFullError, RequestTooLargeError
+from serving.runtime.batch_wait import BatchWait
+from serving.runtime.offload import one_step, whole
 
 log = logging.getLogger(__name__)
-
-
-class QueueFullError(RuntimeError):
-    """The queue holds max_queue_size images already."""
-
-
-class RequestTooLargeError(ValueError):
-    """One request holds more images than the queue can ever take."""
-
-
-class DeadlineExceededError(TimeoutError):
-    """The request's deadline passed while it waited for a batch."""
-
-
-class BatcherClosedError(RuntimeError):
-    """The batcher was closed (its model unloaded or the server stopping)."""
 
 
 @dataclass(frozen=True)
 class BatchingOptions:
     """max_batch_size: images gathered into one model run; max_queue_delay_us: the longest a
-    free instance waits for a fuller batch (0: never; see serving.batch_wait);
+    free instance waits for a fuller batch (0: never; see serving.runtime.batch_wait);
     delay_lone_requests: wait for max_batch_size images, lone requests too; max_queue_size:
     images allowed to wait; instances: batches of one model run at the same time."""
 

@@ -23,15 +23,15 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.advguard.v1 import guard_pb2_grpc
 from protos.inference import grpc_service_pb2_grpc
-from serving.batching import BatchingOptions
-from serving.dispatch import Dispatcher
+from serving.runtime.batcher import BatchingOptions
+from serving.runtime.dataplane import DataPlane
 from serving.engine import EngineOptions
-from serving.interceptors import ServerInterceptor
+from serving.grpc.interceptors import ServerInterceptor
 from serving.metrics import Metrics
-from serving.oip import InferenceServicer
+from serving.grpc.inference import InferenceServicer
 from serving.preprocess import Limits
-from serving.served import ModelManager
-from serving.servicer import GuardedClassifierServicer
+from serving.runtime.models import ModelManager
+from serving.grpc.classifier import GuardedClassifierServicer
 
 log = logging.getLogger(__name__)
 SERVICE = "advguard.v1.GuardedClassifier"
@@ -107,9 +107,9 @@ async def serve(settings: ServerSettings, on_ready: Callable[[dict], None] | Non
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     await models.load_all()
-    dispatcher = Dispatcher(models, metrics, settings.limits)
-    oip = InferenceServicer(dispatcher)
-    guard_pb2_grpc.add_GuardedClassifierServicer_to_server(GuardedClassifierServicer(dispatcher), server)
+    plane = DataPlane(models, metrics, settings.limits)
+    oip = InferenceServicer(plane)
+    guard_pb2_grpc.add_GuardedClassifierServicer_to_server(GuardedClassifierServicer(plane), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
     reflection.enable_server_reflection((SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"

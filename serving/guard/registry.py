@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from serving.bundle import Bundle, BundleError
-from serving.confidence import LowConfidence
+from serving.guard.confidence import LowConfidence
 from serving.engine import EngineOptions
-from serving.guard import CalibratedDetector, Detector
-from serving.mia_vote import MIAVote
-from serving.squeezing import FeatureSqueezing
+from serving.guard.policy import CalibratedDetector, Detector
+from serving.guard.mia_vote import MIAVote
+from serving.guard.squeezing import FeatureSqueezing
 
 _DETECTORS: dict[str, type] = {}
 

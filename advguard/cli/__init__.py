@@ -1,0 +1,1 @@
+"""The `advguard` console script: one module per subcommand (see `advguard.cli.main`)."""

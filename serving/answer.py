@@ -1,0 +1,142 @@
+"""The one answer builder: what a classified batch tells a caller, decided once for every front
+end (the advguard API, the Open Inference Protocol, the TorchServe handler). A front end only
+encodes these fields in its wire format; it never decides what to show.
+
+Rules, the same everywhere:
+- Under the `reject` action an ADVERSARIAL image's class is withheld: `class_index` -1, no class
+  name and no probabilities (their argmax is the class). Wires that can omit a field omit them;
+  tensor wires (OIP) send -1, an empty name and a zero row.
+- An image the guard did not run on has verdict UNSPECIFIED and no detector results.
+- `answered_by` names the model file that answered (the primary, or the fallback for flagged
+  images under the `fallback` action); `action` is the policy's action.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from serving.guard import Verdict
+from serving.pipeline import Pipeline, PipelineResult
+
+VERDICT_WIRE_NAMES = tuple(v.name for v in Verdict)  # "UNSPECIFIED", "CLEAN", ...
+
+
+class Answers:
+    """A batch's answers, by image (`class_index(i)`, `as_dict(i)`, ...) or by column
+    (`class_indices()`, `probability_rows()`, ...). Example: `Answers(pipeline, result).as_dict(0)`."""
+
+    __slots__ = ("pipeline", "result", "n")
+
+    def __init__(self, pipeline: Pipeline, result: PipelineResult) -> None:
+        self.pipeline, self.result, self.n = pipeline, result, len(result.classes)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def model(self) -> str:
+        return self.pipeline.bundle.name
+
+    @property
+    def model_version(self) -> str:
+        return self.pipeline.bundle.version
+
+    @property
+    def action(self) -> str:
+        return self.pipeline.policy.action
+
+    @property
+    def detector_names(self) -> list[str]:
+        return [d.detector.name for d in self.pipeline.detectors]
+
+    # -- one image --------------------------------------------------------------------------
+    def withheld(self, i: int) -> bool:
+        return bool(self.result.rejected[i])
+
+    def class_index(self, i: int) -> int:
+        return -1 if self.result.rejected[i] else int(self.result.classes[i])
+
+    def class_name(self, i: int) -> str:
+        return "" if self.result.rejected[i] else self.pipeline.bundle.labels[int(self.result.classes[i])]
+
+    def probabilities(self, i: int) -> list[float] | None:
+        return None if self.result.rejected[i] else self.result.probs[i].tolist()
+
+    def answered_by(self, i: int) -> str:
+        return str(self.result.answered_by[i])
+
+    def guarded(self, i: int) -> bool:
+        return self.result.guard is not None and bool(self.result.guarded[i])
+
+    def verdict(self, i: int) -> int:
+        return int(self.result.guard.verdicts[i]) if self.guarded(i) else int(Verdict.UNSPECIFIED)
+
+    def attack_score(self, i: int) -> float:
+        return float(self.result.guard.attack_scores[i]) if self.guarded(i) else 0.0
+
+    def detectors(self, i: int) -> list[dict]:
+        """Each detector's result for image i: name, score, threshold, flagged, calibrated_fpr."""
+        if not self.guarded(i):
+            return []
+        return [{"name": o.name, "score": float(o.scores[i]), "threshold": float(o.threshold),
+                 "flagged": bool(o.flagged[i]), "calibrated_fpr": float(o.target_fpr)}
+                for o in self.result.guard.outcomes]
+
+    def as_dict(self, i: int) -> dict:
+        """Image i as JSON-ready fields, named as in advguard.v1.ClassifyResponse (the TorchServe
+        handler's answer; fields withheld or absent are left out, as protobuf leaves them)."""
+        answer: dict = {"class_index": self.class_index(i), "model": self.model,
+                        "model_version": self.model_version, "answered_by": self.answered_by(i),
+                        "action": self.action}
+        if self.withheld(i):
+            answer["rejected"] = True
+        else:
+            answer["class_name"] = self.class_name(i)
+            answer["probabilities"] = self.probabilities(i)
+        if self.guarded(i):
+            answer["verdict"] = VERDICT_WIRE_NAMES[self.verdict(i)]
+            answer["attack_score"] = self.attack_score(i)
+            answer["detectors"] = self.detectors(i)
+        else:
+            answer["verdict"] = VERDICT_WIRE_NAMES[Verdict.UNSPECIFIED]
+        return answer
+
+    # -- columns (tensor wires) -------------------------------------------------------------
+    def class_indices(self) -> np.ndarray:
+        return np.where(self.result.rejected, -1, self.result.classes).astype("<i8")
+
+    def class_names(self) -> list[bytes]:
+        labels = self.pipeline.bundle.labels
+        return [labels[c].encode() if c >= 0 else b"" for c in self.class_indices().tolist()]
+
+    def probability_rows(self) -> np.ndarray:
+        """N x K float32; a withheld image's row is zeros."""
+        probs = self.result.probs
+        if self.result.rejected.any():
+            probs = np.where(self.result.rejected[:, None], 0.0, probs)
+        return probs.astype("<f4", copy=False)
+
+    def verdicts(self) -> np.ndarray:
+        guard = self.result.guard
+        if guard is None:
+            return np.zeros(self.n, dtype=np.int32)
+        return np.where(self.result.guarded, guard.verdicts, int(Verdict.UNSPECIFIED))
+
+    def verdict_names(self) -> list[bytes]:
+        return [VERDICT_WIRE_NAMES[v].encode() for v in self.verdicts().tolist()]
+
+    def attack_scores(self) -> np.ndarray:
+        guard = self.result.guard
+        return np.zeros(self.n, dtype="<f4") if guard is None else np.asarray(guard.attack_scores, dtype="<f4")
+
+    def detector_scores(self) -> np.ndarray:
+        """N x D float32 (zeros where the guard did not run)."""
+        guard, d = self.result.guard, len(self.pipeline.detectors)
+        if guard is None or not guard.outcomes:
+            return np.zeros((self.n, d), dtype="<f4")
+        return np.stack([o.scores for o in guard.outcomes], axis=1).astype("<f4")
+
+    def detector_flags(self) -> np.ndarray:
+        guard, d = self.result.guard, len(self.pipeline.detectors)
+        if guard is None or not guard.outcomes:
+            return np.zeros((self.n, d), dtype=np.bool_)
+        return np.stack([o.flagged for o in guard.outcomes], axis=1).astype(np.bool_)
