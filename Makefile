@@ -7,13 +7,18 @@ DATA_DIR  ?= /usr/share/datasets/fashion-mnist
 HOST      ?= 127.0.0.1
 PORT      ?= 50051
 METRICS_PORT ?= 9100
-MODEL     ?= fmnist-fast
+MODEL     ?= fmnist-guarded
 BUNDLE    ?= model_store/$(MODEL)
+BUNDLE_CONFIG ?= configs/bundles/$(MODEL).yaml
 BUNDLE_EPOCHS ?= 10
+# the runs the bundles are composed from (configs/bundles/*.yaml name them)
+STD_RUN   := runs/fmnist-fast-std
+FASTAT_RUN := runs/fmnist-fast-fastat
+PGDAT_RUN := runs/pgd-at-cw055-e20
 PROTOS    := $(wildcard protos/advguard/v1/*.proto protos/inference/*.proto)
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup data protos test serve bundle clean lint prometheus loadgen-tools bench-serve
+.PHONY: setup data protos test serve bundle bundle-best clean lint prometheus loadgen-tools bench-serve
 
 setup: $(STAMP) $(PROTO_STAMP) data
 
@@ -54,19 +59,90 @@ loadgen-tools:
 bench-serve: bundle loadgen-tools
 	$(BIN)/python -m bench.serve --store model_store --model $(MODEL)
 
+# Each run trains once (resuming if interrupted); its metrics.json is written when it is done.
+$(STD_RUN)/metrics.json: | setup
+	$(BIN)/advguard train --model fmnist-fast --epochs $(BUNDLE_EPOCHS) --out $(STD_RUN) --resume
+$(FASTAT_RUN)/metrics.json: | setup
+	$(BIN)/advguard train --defense fast-at --model fmnist-fast --epochs 10 --option eps=0.1 --out $(FASTAT_RUN) --resume
+$(PGDAT_RUN)/metrics.json: | setup
+	$(BIN)/advguard train --defense pgd-at --model fmnist-fast --epochs 20 --option eps=0.1 --option steps=5 \
+	  --option clean_weight=0.55 --out $(PGDAT_RUN) --resume
+
+# The default bundle (configs/bundles/fmnist-guarded.yaml): standard primary, fast-at fallback and
+# reference, disagreement detector calibrated to a 5% verdict, the quick robustness card.
 bundle: setup
-	@if [ -f $(BUNDLE)/latest/manifest.json ] || ls $(BUNDLE)/*/manifest.json >/dev/null 2>&1; then \
+	@if ls $(BUNDLE)/*/manifest.json >/dev/null 2>&1; then \
 	  echo "bundle present under $(BUNDLE)"; \
 	else \
-	  $(BIN)/advguard train --model $(MODEL) --dataset fashion-mnist --epochs $(BUNDLE_EPOCHS) --out runs/$(MODEL)-default && \
-	  $(BIN)/advguard export --run runs/$(MODEL)-default --name $(MODEL) --store model_store --torchserve; \
+	  $(MAKE) --no-print-directory $(STD_RUN)/metrics.json $(FASTAT_RUN)/metrics.json && \
+	  $(BIN)/advguard bundle --config $(BUNDLE_CONFIG) --store model_store; \
 	fi
+
+# The strongest documented bundle: pgd-at fallback and reference, the full card (all 10,000 test images).
+bundle-best: setup $(STD_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
+	$(BIN)/advguard bundle --config configs/bundles/fmnist-best.yaml --store model_store
 
 serve: bundle
 	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: setup prometheus loadgen-tools
+test: setup prometheus loadgen-tools deploy-tools
 	$(BIN)/python -m pytest -q -ra
 
 clean:
 	rm -rf runs .pytest_cache $(PROTO_STAMP)
+
+# deploy/ checks (tests/deploy). hadolint, kubernetes-validate, check-jsonschema and
+# grafana-foundation-sdk come with the dev extra (`make setup`); the Prometheus Operator CRD
+# validators (for deploy/k8s/podmonitor.yaml) are an npm package, installed into build/crd-check
+# from tests/deploy/crd/package-lock.json with Debian's nodejs and npm.
+CRD_CHECK := build/crd-check/node_modules/.package-lock.json
+.PHONY: deploy-tools test-deploy grafana-dashboard kserve-schema
+deploy-tools: $(CRD_CHECK)
+$(CRD_CHECK): tests/deploy/crd/package.json tests/deploy/crd/package-lock.json
+	@command -v npm >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q nodejs npm || (apt-get update -q && apt-get install -y -q nodejs npm)) ) || \
+	  { echo "npm missing: sudo apt-get install nodejs npm" >&2; exit 1; }
+	mkdir -p build/crd-check
+	cp tests/deploy/crd/package.json tests/deploy/crd/package-lock.json build/crd-check/
+	npm ci --prefix build/crd-check --no-audit --no-fund --loglevel=error
+
+# Only the deploy checks (the slow ones train a small model and install a fresh serving venv).
+test-deploy: setup prometheus deploy-tools
+	$(BIN)/python -m pytest -q -ra tests/deploy
+
+# deploy/grafana/advguard.json from deploy/grafana/dashboard.py (commit both).
+grafana-dashboard: setup
+	$(BIN)/python deploy/grafana/dashboard.py
+
+# deploy/kserve/schema/*.json from the KServe and Kubernetes SDKs on PyPI (commit them).
+kserve-schema: setup
+	$(BIN)/python deploy/kserve/schema/generate.py
+
+# Paper 002's MIA ensemble on all 55,000 training images, `full-cpu` profile, one thread (issue 16):
+# starts runs/mia-full in the background, or resumes it where it stopped (every stage is
+# checkpointed); progress in logs/mia-full.log; see runs/README-mia-full.txt.
+.PHONY: mia-full
+mia-full:
+	@mkdir -p logs runs/mia-full
+	@pid=$$(cat runs/mia-full/pid 2>/dev/null); \
+	if [ -n "$$pid" ] && grep -q mia-full /proc/$$pid/cmdline 2>/dev/null; then \
+	  echo "mia-full is already running, pid $$pid (log: logs/mia-full.log)"; \
+	else OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m advguard.cli.main train --defense mia --model mia-target \
+	  --epochs 5 --option profile=full-cpu --out runs/mia-full --resume >> logs/mia-full.log 2>&1 < /dev/null & \
+	  echo $$! > runs/mia-full/pid; echo "mia-full started or resumed in the background, pid $$! (log: logs/mia-full.log)"; fi
+
+# The peer benchmark's servers (bench/peers.py, issue 20): MLServer and KServe's ModelServer, each
+# in its own venv under build/peers/ (never the project's venv), from bench/peers/*-requirements.txt.
+PEER_VENVS := build/peers/mlserver/.installed build/peers/kserve/.installed
+.PHONY: peers-venvs bench-peers
+peers-venvs: $(PEER_VENVS)
+build/peers/%/.installed: bench/peers/%-requirements.txt
+	rm -rf build/peers/$*
+	$(PY) -m venv build/peers/$*
+	build/peers/$*/bin/pip install -q --upgrade pip
+	build/peers/$*/bin/pip install -q -r $<
+	touch $@
+
+# advguard (guarded and unguarded) beside MLServer and KServe: OIP gRPC (h2load) and REST (wrk).
+bench-peers: bundle loadgen-tools peers-venvs
+	$(BIN)/python -m bench.peers --store model_store --model $(MODEL)

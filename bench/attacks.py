@@ -31,8 +31,7 @@ def _model(run: str | None, tmp: Path):
     if run:
         return load_model(run)[0]
     from training.data import DataConfig, load_splits
-    from training.models import create_model
-    from training.train_cli import model_spec_for
+    from training.models import create_model, model_spec_for
     from training.trainer import TrainConfig, fit
 
     splits = load_splits(DataConfig(limit_train=10000, limit_test=1000))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,30 +55,29 @@ async def measure(store: Path, model: str, calls: int, concurrency: int) -> tupl
     from serving.grpc.classifier import GuardedClassifierServicer
 
     metrics = Metrics()
-    with ThreadPoolExecutor(1, thread_name_prefix="advguard-model") as executor:
-        models = ModelManager(store, EngineOptions(), BatchingOptions(), metrics, executor, model)
-        await models.load_all()
-        servicer = GuardedClassifierServicer(DataPlane(models, metrics, Limits()))
+    models = ModelManager(store, EngineOptions(), BatchingOptions(), metrics, model)
+    await models.load_all()
+    servicer = GuardedClassifierServicer(DataPlane(models, metrics, Limits()))
 
-        async def continuation(details):
-            return grpc.unary_unary_rpc_method_handler(servicer.Classify)
+    async def continuation(details):
+        return grpc.unary_unary_rpc_method_handler(servicer.Classify)
 
-        details = CallDetails(METHOD, ())
-        handler = (await ServerInterceptor(metrics).intercept_service(continuation, details)).unary_unary
-        message = guard_pb2.ClassifyRequest(model=model, image=image_messages(clean_images(1))[0]).SerializeToString()
+    details = CallDetails(METHOD, ())
+    handler = (await ServerInterceptor(metrics).intercept_service(continuation, details)).unary_unary
+    message = guard_pb2.ClassifyRequest(model=model, image=image_messages(clean_images(1))[0]).SerializeToString()
 
-        async def client(n: int) -> None:
-            for _ in range(n):  # each call in its own task, as gRPC runs it
-                request = guard_pb2.ClassifyRequest.FromString(message)
-                response = await asyncio.get_running_loop().create_task(handler(request, StubContext()))
-                response.SerializeToString()
+    async def client(n: int) -> None:
+        for _ in range(n):  # each call in its own task, as gRPC runs it
+            request = guard_pb2.ClassifyRequest.FromString(message)
+            response = await asyncio.get_running_loop().create_task(handler(request, StubContext()))
+            response.SerializeToString()
 
-        await asyncio.gather(*[client(50) for _ in range(concurrency)])  # warm up
-        began, cpu = time.perf_counter(), time.thread_time()
-        await asyncio.gather(*[client(calls // concurrency) for _ in range(concurrency)])
-        done = calls // concurrency * concurrency
-        rate, per_call = done / (time.perf_counter() - began), (time.thread_time() - cpu) / done
-        await models.close()
+    await asyncio.gather(*[client(50) for _ in range(concurrency)])  # warm up
+    began, cpu = time.perf_counter(), time.thread_time()
+    await asyncio.gather(*[client(calls // concurrency) for _ in range(concurrency)])
+    done = calls // concurrency * concurrency
+    rate, per_call = done / (time.perf_counter() - began), (time.thread_time() - cpu) / done
+    await models.close()
     return rate, per_call
 
 

@@ -188,10 +188,11 @@ def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], wor
 
 
 def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, dict]:
-    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--metrics-port", "0",
+    cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", args.store, "--port", "0", "--metrics-port", "0",
            "--poll-seconds", "0", "--threads", str(args.threads), "--instances", str(args.instances),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
-           "--max-queue-size", str(QUEUE), *(["--delay-lone-requests"] if args.delay_lone_requests else []), *extra]
+           "--max-queue-size", str(QUEUE), "--allow-skip-guard",  # the unguarded rows skip the guard
+           *(["--delay-lone-requests"] if args.delay_lone_requests else []), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     try:

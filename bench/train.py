@@ -6,7 +6,7 @@ images made once against the base model). A `finetune-all` row fine-tunes every 
 same data for the same epochs, to separate "which filters" from "fine-tuning at all".
 
 Runs live under OUT (default: the reproduction's folder for the scale), so runs already made
-by `python -m training.reproduce defenses --scale S` are reused with their measured times.
+by `advguard reproduce defenses --scale S` are reused with their measured times.
 Example:
     python -m bench.train --scale reduced --threads 1
 """

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, cmd, ready in (
             ("advguard serve (Python, grpc.aio)",
-             [sys.executable, "-m", "training.cli", "serve", "--store", args.store, "--port", "0", "--no-metrics",
+             [sys.executable, "-m", "advguard.cli.main", "serve", "--store", args.store, "--port", "0", "--no-metrics",
               "--poll-seconds", "0"],
              lambda line: parse_ready(line)["port"]),
             ("C++ gRPC server", [str(binary)], lambda line: int(line))):

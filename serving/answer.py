@@ -9,6 +9,9 @@ Rules, the same everywhere:
 - An image the guard did not run on has verdict UNSPECIFIED and no detector results.
 - `answered_by` names the model file that answered (the primary, or the fallback for flagged
   images under the `fallback` action); `action` is the policy's action.
+- Disclosure (`DISCLOSURES`): `verdict` (the default for remote callers) shows the verdict and
+  nothing of the detectors' scores, thresholds or the attack score, which would hand an attacker
+  the gradient signal of the guard; `full` (operators) shows them all.
 """
 from __future__ import annotations
 
@@ -18,16 +21,24 @@ from serving.guard import Verdict
 from serving.pipeline import Pipeline, PipelineResult
 
 VERDICT_WIRE_NAMES = tuple(v.name for v in Verdict)  # "UNSPECIFIED", "CLEAN", ...
+DISCLOSURES = ("verdict", "full")
+
+
+def check_disclosure(disclosure: str) -> str:
+    if disclosure not in DISCLOSURES:
+        raise ValueError(f"disclosure must be one of {', '.join(DISCLOSURES)}, got {disclosure!r}")
+    return disclosure
 
 
 class Answers:
     """A batch's answers, by image (`class_index(i)`, `as_dict(i)`, ...) or by column
     (`class_indices()`, `probability_rows()`, ...). Example: `Answers(pipeline, result).as_dict(0)`."""
 
-    __slots__ = ("pipeline", "result", "n")
+    __slots__ = ("pipeline", "result", "n", "full")
 
-    def __init__(self, pipeline: Pipeline, result: PipelineResult) -> None:
+    def __init__(self, pipeline: Pipeline, result: PipelineResult, disclosure: str = "verdict") -> None:
         self.pipeline, self.result, self.n = pipeline, result, len(result.classes)
+        self.full = disclosure == "full"
 
     def __len__(self) -> int:
         return self.n
@@ -71,11 +82,13 @@ class Answers:
         return int(self.result.guard.verdicts[i]) if self.guarded(i) else int(Verdict.UNSPECIFIED)
 
     def attack_score(self, i: int) -> float:
-        return float(self.result.guard.attack_scores[i]) if self.guarded(i) else 0.0
+        """The largest score/threshold ratio (0.0 when not disclosed or not guarded)."""
+        return float(self.result.guard.attack_scores[i]) if self.full and self.guarded(i) else 0.0
 
     def detectors(self, i: int) -> list[dict]:
-        """Each detector's result for image i: name, score, threshold, flagged, calibrated_fpr."""
-        if not self.guarded(i):
+        """Each detector's result for image i: name, score, threshold, flagged, calibrated_fpr
+        (none unless disclosure is `full`)."""
+        if not self.full or not self.guarded(i):
             return []
         return [{"name": o.name, "score": float(o.scores[i]), "threshold": float(o.threshold),
                  "flagged": bool(o.flagged[i]), "calibrated_fpr": float(o.target_fpr)}
@@ -94,8 +107,9 @@ class Answers:
             answer["probabilities"] = self.probabilities(i)
         if self.guarded(i):
             answer["verdict"] = VERDICT_WIRE_NAMES[self.verdict(i)]
-            answer["attack_score"] = self.attack_score(i)
-            answer["detectors"] = self.detectors(i)
+            if self.full:
+                answer["attack_score"] = self.attack_score(i)
+                answer["detectors"] = self.detectors(i)
         else:
             answer["verdict"] = VERDICT_WIRE_NAMES[Verdict.UNSPECIFIED]
         return answer

@@ -14,6 +14,13 @@ from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 VERDICTS = {v: k for k, v in guard_pb2.Verdict.items()}
 
 
+def is_loopback(target: str) -> bool:
+    """True for HOST:PORT targets on this machine (127.0.0.0/8, ::1, localhost)."""
+    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
+    host = host.split("///")[-1]
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 @dataclass(frozen=True)
 class Connection:
     """How to reach the server: tls_ca turns TLS on (the CA or self-signed certificate to trust);
@@ -37,6 +44,9 @@ class Connection:
         token = os.environ.get("ADVGUARD_AUTH_TOKEN", "")
         if token_file:
             token = Path(token_file).read_text().strip()
+        if token and not tls_ca and not is_loopback(target):
+            raise ValueError(f"refusing to send the bearer token in clear text to {target}: add --tls-ca "
+                             "(the server's certificate or CA), or reach it over loopback")
         return cls(target, *(Path(p) if p else None for p in (tls_ca, tls_cert, tls_key)), token=token)
 
     def channel(self) -> grpc.Channel:

@@ -2,10 +2,17 @@
 
 The CUDA provider is used when `onnxruntime-gpu` is installed (the `gpu` extra) and a GPU is
 visible; CPU otherwise.
+
+A bundle's models run from the bytes its loader verified, never from a second read of the file
+(which could have been swapped since it was hashed): inside `with verified_models(bundle)`,
+`OnnxModel.load(path)` takes the bundle's verified bytes for `path` and refuses any other file.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +20,19 @@ import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
+# path -> verified bytes, while a bundle's models are being built (see verified_models)
+_verified: contextvars.ContextVar[dict[Path, bytes] | None] = contextvars.ContextVar("advguard_verified", default=None)
+
+
+@contextlib.contextmanager
+def verified_models(bundle) -> Iterator[None]:
+    """Inside the block, `OnnxModel.load(bundle.path / file)` runs the bytes `load_bundle`
+    verified for `file` (not the file on disk), and a path the bundle did not verify is refused."""
+    token = _verified.set({bundle.path / file: data for file, data in bundle.blobs.items()})
+    try:
+        yield
+    finally:
+        _verified.reset(token)
 
 
 @dataclass(frozen=True)
@@ -76,8 +96,18 @@ class OnnxModel:
     output_name: str
 
     @classmethod
-    def load(cls, path: Path | str, options: EngineOptions | None = None) -> "OnnxModel":
+    def load(cls, path: Path | str, options: EngineOptions | None = None, data: bytes | None = None) -> "OnnxModel":
+        """The model in file `path`, or in `data` (its bytes, `path` then names it); inside
+        `verified_models`, the verified bytes for `path`."""
         options = options or EngineOptions()
+        verified = _verified.get()
+        if data is None and verified is not None:
+            data = verified.get(Path(path))
+            if data is None:
+                from serving.bundle import BundleError
+
+                raise BundleError(f"{path} is not a model file the bundle's manifest lists (its SHA-256 was "
+                                  "not checked); refusing to load it")
         session_options = ort.SessionOptions()
         if options.threads:
             session_options.intra_op_num_threads = options.threads
@@ -85,7 +115,7 @@ class OnnxModel:
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
-        session = ort.InferenceSession(str(path), session_options,
+        session = ort.InferenceSession(data if data is not None else str(path), session_options,
                                        providers=available_providers(options.cpu_only))
         log.debug("loaded %s with providers %s", path, session.get_providers())
         return cls(path=Path(path), session=session, input_name=session.get_inputs()[0].name,

@@ -4,6 +4,7 @@ one table (`serving.grpc.status`, later `serving.rest`), so a kind means the sam
     InputError             the request's input is unusable           INVALID_ARGUMENT / 400
     RequestTooLargeError   more images than the queue can ever take  INVALID_ARGUMENT / 400
     UnknownModelError      no such bundle name or version loaded     NOT_FOUND / 404
+    PermissionDeniedError  the caller asked for what the server forbids PERMISSION_DENIED / 403
     QueueFullError         max_queue_size images wait already        RESOURCE_EXHAUSTED / 429
     DeadlineExceededError  the deadline passed while queued          DEADLINE_EXCEEDED / 504
     BatcherClosedError     the model is unloading or the server stops UNAVAILABLE / 503
@@ -17,6 +18,10 @@ class InputError(ValueError):
 
 class UnknownModelError(LookupError):
     """No such bundle name or version is loaded."""
+
+
+class PermissionDeniedError(PermissionError):
+    """The request asks for something this server does not allow (e.g. skipping the guard)."""
 
 
 class QueueFullError(RuntimeError):
@@ -38,4 +43,4 @@ class BatcherClosedError(RuntimeError):
 # errors a queued request can end with (everything but bad input and lookup)
 QUEUE_ERRORS = (QueueFullError, RequestTooLargeError, DeadlineExceededError, BatcherClosedError)
 # every kind a front end maps to a status
-CORE_ERRORS = (InputError, UnknownModelError, *QUEUE_ERRORS)
+CORE_ERRORS = (InputError, UnknownModelError, PermissionDeniedError, *QUEUE_ERRORS)

@@ -51,6 +51,10 @@ class Metrics:
         self.model_loads = Counter(
             "advguard_model_loads_total", "Bundle versions loaded or refused, by model and outcome.",
             ["model", "outcome"], registry=self.registry)
+        self.store_scan_failures = Counter(
+            "advguard_store_scan_failures_total",
+            "Hot reload scans that could not list the model store (loaded models were kept).",
+            registry=self.registry)
 
     def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Start /metrics on `port` (0: any free port); returns the port bound."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.bundle import Bundle, load_bundle
-from serving.engine import EngineOptions, OnnxModel, softmax
+from serving.bundle import Bundle, BundleChecks, BundleError, load_bundle
+from serving.engine import EngineOptions, OnnxModel, softmax, verified_models
 from serving.guard import (
     CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
     required_views, run_guard,
@@ -23,19 +23,22 @@ from serving.guard import (
 from serving.runtime.offload import drive
 
 
-def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View]) -> Outputs:
-    """The model's probabilities on `x` and on each view of `x`, from one batched run."""
-    return drive(output_steps(model, x, views))
+def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View],
+                  reference: OnnxModel | None = None) -> Outputs:
+    """The model's probabilities on `x` and on each view of `x`, from one batched run (and the
+    reference model's on `x`, from a second run, when given)."""
+    return drive(output_steps(model, x, views, reference))
 
 
-def output_steps(model: OnnxModel, x: np.ndarray, views: dict[str, View]):
-    """`model_outputs` as steps: yields the one blocking model call (see serving.runtime.offload)."""
+def output_steps(model: OnnxModel, x: np.ndarray, views: dict[str, View], reference: OnnxModel | None = None):
+    """`model_outputs` as steps: yields its blocking model calls (see serving.runtime.offload)."""
+    ref = softmax((yield functools.partial(reference.logits, x))) if reference is not None else None
     if not views:
-        return Outputs(softmax((yield functools.partial(model.logits, x))))
+        return Outputs(softmax((yield functools.partial(model.logits, x))), reference=ref)
     batch = np.concatenate([x] + [view(x) for view in views.values()])
     probs = softmax((yield functools.partial(model.logits, batch)))
     n = len(x)
-    return Outputs(probs[:n], {name: probs[n * (i + 1):n * (i + 2)] for i, name in enumerate(views)})
+    return Outputs(probs[:n], {name: probs[n * (i + 1):n * (i + 2)] for i, name in enumerate(views)}, ref)
 
 
 def _scatter(result: GuardResult, mask: np.ndarray) -> GuardResult:
@@ -72,7 +75,7 @@ class Pipeline:
     """Classify and guard a batch. Example: `Pipeline.load("model_store/fmnist-cnn/1").run(x)`."""
 
     def __init__(self, bundle: Bundle, primary: OnnxModel, detectors: list[CalibratedDetector],
-                 policy: Policy, fallback: OnnxModel | None = None) -> None:
+                 policy: Policy, fallback: OnnxModel | None = None, reference: OnnxModel | None = None) -> None:
         self.bundle = bundle
         self.primary = primary
         self.detectors = detectors
@@ -80,18 +83,49 @@ class Pipeline:
         self.fallback = fallback
         self.views = required_views(detectors)
         self.blocking_guard = any(getattr(d.detector, "blocking", False) for d in detectors)
+        needs_reference = [d.detector.name for d in detectors if getattr(d.detector, "needs_reference", False)]
+        if needs_reference and reference is None:
+            raise BundleError(f"{bundle.path}: detector {needs_reference[0]!r} compares the primary with a "
+                              "model of role 'reference', and the bundle has none; rebuild it with "
+                              "`advguard bundle` and a `reference:` run")
+        if policy.action == "fallback" and fallback is None:
+            raise BundleError(f"{bundle.path}: the guard's action is 'fallback' but the bundle has no model "
+                              "of role 'fallback'; rebuild it with `advguard bundle` and a `fallback:` run")
+        self.reference = reference if needs_reference else None
+        fallback_entry, reference_entry = bundle.file("fallback"), bundle.file("reference")
+        # the fallback's answers come free when it is the reference model, which ran already
+        self.fallback_is_reference = (self.reference is not None and fallback_entry is not None
+                                      and reference_entry is not None and fallback_entry.file == reference_entry.file)
+        self.fallback_file = fallback_entry.file if fallback_entry is not None else ""
 
     @classmethod
-    def load(cls, path: Path | str, engine: EngineOptions | None = None) -> "Pipeline":
+    def load(cls, path: Path | str, engine: EngineOptions | None = None,
+             checks: BundleChecks | None = None) -> "Pipeline":
+        return cls.from_bundle(load_bundle(path, checks=checks), engine)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, engine: EngineOptions | None = None) -> "Pipeline":
+        """Build from a loaded bundle: every model runs the bytes `load_bundle` verified (each
+        file once, whatever roles it has); the bundle lets go of those bytes afterwards."""
         from serving.guard.registry import build_detectors
 
-        bundle = load_bundle(path)
-        primary = OnnxModel.load(bundle.path / bundle.primary.file, engine)
-        fallback_file = bundle.file("fallback")
-        fallback = OnnxModel.load(bundle.path / fallback_file.file, engine) if fallback_file else None
+        loaded: dict[str, OnnxModel] = {}
+
+        def model(role: str) -> OnnxModel | None:
+            entry = bundle.file(role)
+            if entry is None:
+                return None
+            if entry.file not in loaded:
+                loaded[entry.file] = OnnxModel.load(bundle.path / entry.file, engine)
+            return loaded[entry.file]
+
         guard = bundle.guard or {}
         policy = Policy(combine=guard.get("policy", "any"), action=guard.get("action", "flag"))
-        return cls(bundle, primary, build_detectors(bundle, engine), policy, fallback)
+        with verified_models(bundle):
+            pipeline = cls(bundle, model("primary"), build_detectors(bundle, engine), policy, model("fallback"),
+                           model("reference"))
+        bundle.release_bytes()
+        return pipeline
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -118,20 +152,27 @@ class Pipeline:
                 guard_result = GuardResult(np.where(mask, Verdict.CLEAN, Verdict.UNSPECIFIED).astype(np.int32),
                                            np.zeros(n, dtype=np.float32))
             return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)
+        reference = None
         if mask.all():
-            outputs = yield from output_steps(self.primary, x, self.views)
-            probs, guard_result = outputs.probs, (yield from self._guard(x, outputs))
+            outputs = yield from output_steps(self.primary, x, self.views, self.reference)
+            probs, guard_result, reference = outputs.probs, (yield from self._guard(x, outputs)), outputs.reference
         else:
-            guarded = yield from output_steps(self.primary, x[mask], self.views)
+            guarded = yield from output_steps(self.primary, x[mask], self.views, self.reference)
             probs = np.empty((n, guarded.probs.shape[1]), dtype=guarded.probs.dtype)
             probs[mask] = guarded.probs
             probs[~mask] = softmax((yield functools.partial(self.primary.logits, x[~mask])))
             guard_result = _scatter((yield from self._guard(x[mask], guarded)), mask)
+            if guarded.reference is not None:
+                reference = np.zeros_like(probs)
+                reference[mask] = guarded.reference
         adversarial = guard_result.verdicts == Verdict.ADVERSARIAL
-        if adversarial.any() and self.policy.action == "fallback" and self.fallback is not None:
+        if adversarial.any() and self.policy.action == "fallback":
             probs = probs.copy()
-            probs[adversarial] = softmax((yield functools.partial(self.fallback.logits, x[adversarial])))
-            answered_by[adversarial] = self.bundle.file("fallback").file
+            if self.fallback_is_reference:
+                probs[adversarial] = reference[adversarial]
+            else:
+                probs[adversarial] = softmax((yield functools.partial(self.fallback.logits, x[adversarial])))
+            answered_by[adversarial] = self.fallback_file
         elif self.policy.action == "reject":
             rejected = adversarial
         return PipelineResult(probs, probs.argmax(axis=1), guard_result, mask.copy(), answered_by, rejected)

@@ -21,13 +21,60 @@ FORMATS = ("PNG", "JPEG")
 
 @dataclass(frozen=True)
 class Limits:
-    """Input caps. max_encoded_bytes: encoded file size; max_pixels: width x height before
-    decoding (decompression bombs); max_side: largest side that will be resized."""
+    """Input caps. max_encoded_bytes: encoded file size; max_pixels: width x height of one image
+    before decoding (decompression bombs); max_side: largest side that will be resized;
+    max_images: images in one request, checked before any is decoded; max_request_pixels: the
+    sum of width x height over one request's encoded images, read from their headers before
+    any is decoded (a request of many small bombs)."""
 
     max_encoded_bytes: int = 4 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     max_side: int = 4096
     allow_resize: bool = True
+    max_images: int = 4096
+    max_request_pixels: int = 64 * 1024 * 1024
+
+
+def check_count(n: int, limits: Limits) -> None:
+    """Refuse a request of more than `limits.max_images` images before reading any of them."""
+    if n > limits.max_images:
+        raise InputError(f"request holds {n} images; the limit is {limits.max_images} per request")
+
+
+def declared_pixels(data: bytes, limits: Limits = Limits()) -> int:
+    """width x height as the PNG/JPEG header declares it, without decoding the image data."""
+    if not data:
+        raise InputError("image bytes are empty")
+    if len(data) > limits.max_encoded_bytes:
+        raise InputError(f"encoded image is {len(data)} bytes; the limit is {limits.max_encoded_bytes}")
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise InputError(f"image header declares too many pixels; the limit is {limits.max_pixels} "
+                         f"(decompression bomb guard): {err}") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"image bytes are not a PNG or JPEG file ({len(data)} bytes could not be decoded)") from err
+    if width * height > limits.max_pixels:
+        raise InputError(f"image is {width}x{height} = {width * height} pixels; the limit is "
+                         f"{limits.max_pixels} (decompression bomb guard)")
+    return width * height
+
+
+def request_pixels(files: list[bytes], limits: Limits) -> int:
+    """Check a request's encoded images (count, then each header and their pixel sum) before
+    decoding any; the total declared pixels. InputError names the image at fault."""
+    check_count(len(files), limits)
+    total = 0
+    for i, data in enumerate(files):
+        try:
+            total += declared_pixels(data, limits)
+        except InputError as err:
+            raise InputError(f"image {i}: {err}" if len(files) > 1 else str(err)) from None
+        if total > limits.max_request_pixels:
+            raise InputError(f"the request's images hold more than {limits.max_request_pixels} pixels in all "
+                             f"(image {i} passes it); send fewer or smaller images per request")
+    return total
 
 
 def decode_image(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> np.ndarray:
@@ -37,7 +84,7 @@ def decode_image(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> np.
     if len(data) > limits.max_encoded_bytes:
         raise InputError(f"encoded image is {len(data)} bytes; the limit is {limits.max_encoded_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as err:
         raise InputError(f"image header declares too many pixels; the limit is {limits.max_pixels} "
                          f"(decompression bomb guard): {err}") from err

@@ -34,6 +34,18 @@ class AdvguardHandler:
         self.pipeline.warm_up()
         log.info("advguard handler loaded %s version %s", self.pipeline.bundle.name, self.pipeline.bundle.version)
 
+    def describe(self) -> dict:
+        """The model description: name, version, files with roles, the guard and the robustness card."""
+        assert self.pipeline is not None
+        bundle = self.pipeline.bundle
+        return {"model": bundle.name, "model_version": bundle.version, "dataset": bundle.dataset,
+                "labels": list(bundle.labels),
+                "files": [{"file": m.file, "sha256": m.sha256, "role": m.role} for m in bundle.models],
+                "guard": {"policy": self.pipeline.policy.combine, "action": self.pipeline.policy.action,
+                          "detectors": [d.detector.name for d in self.pipeline.detectors],
+                          "verdict": (bundle.guard or {}).get("verdict", {})},
+                "robustness": bundle.robustness or {}}
+
     def _body(self, row: Any) -> bytes:
         body = row.get("data") or row.get("body") if isinstance(row, dict) else row
         if isinstance(body, (bytearray, memoryview)):
@@ -67,9 +79,20 @@ _service = AdvguardHandler()
 
 
 def handle(data: list | None, context: Any) -> list | None:
-    """TorchServe's entry point (module-level handler)."""
+    """TorchServe's entry point (module-level handler). The management API's
+    `GET /models/{name}?customized=true` arrives with header `describe: True` and gets
+    `describe()`: the bundle's roles, guard and robustness card."""
     if _service.pipeline is None:
         _service.initialize(context)
     if data is None:
         return None
+    if _describing(context):
+        return [_service.describe()]
     return _service.handle(data, context)
+
+
+def _describing(context: Any) -> bool:
+    try:
+        return context.get_request_header(0, "describe") == "True"
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False

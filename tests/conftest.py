@@ -24,7 +24,7 @@ def fmnist_small():
 def trained_run(tmp_path_factory, fmnist_small) -> Path:
     """A run folder: fmnist-cnn, standard training, 2 epochs on the 5,000-image subset (~80% test)."""
     from training.models import create_model
-    from training.train_cli import model_spec_for
+    from training.models import model_spec_for
     from training.trainer import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("runs") / "fmnist-small"
@@ -73,3 +73,33 @@ def mia_run(fmnist_small, tmp_path_factory) -> SimpleNamespace:
     with one_thread():
         metrics = create_defense("mia", MIA_OPTIONS).fit("mia-target", splits, config, out)
     return SimpleNamespace(splits=splits, config=config, out=out, metrics=metrics, options=MIA_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def robust_run(tmp_path_factory, fmnist_small) -> Path:
+    """A run folder: fmnist-fast, fast-at (eps 0.1), 2 epochs on the 5,000-image subset: the
+    robust fallback and reference of the defended-bundle tests."""
+    from training.defenses import create_defense
+    from training.trainer import TrainConfig
+
+    out = tmp_path_factory.mktemp("runs") / "fmnist-fast-at"
+    torch.manual_seed(0)
+    with one_thread():
+        create_defense("fast-at", {"eps": "0.1", "holdout": "128"}).fit(
+            "fmnist-fast", fmnist_small, TrainConfig(epochs=2, batch_size=64, lr=3e-3), out,
+            run_config={"data": {"name": "fashion-mnist", "data_dir": None, "seed": 0, "val_size": 1000,
+                                 "limit_train": 5000, "limit_test": 1000}, "defense": "fast-at"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def defended_bundle(trained_run, robust_run, tmp_path_factory) -> Path:
+    """`advguard bundle`'s composition: trained_run as primary, robust_run as fallback and
+    reference, disagreement + feature squeezing calibrated jointly to a 5% verdict, action
+    fallback, no card (the card's own tests compute it)."""
+    from training.export.compose import BundleConfig, DetectorEntry, compose_bundle
+
+    config = BundleConfig(name="fmnist-defended", primary=trained_run, fallback=robust_run, reference=robust_run,
+                          detectors=(DetectorEntry("disagreement"), DetectorEntry("feature-squeezing")),
+                          action="fallback", card="none", torchserve=True)
+    return compose_bundle(config, tmp_path_factory.mktemp("defended-store"))

@@ -32,6 +32,8 @@ def load_model(path: Path | str, map_location: str = "cpu") -> tuple[nn.Module, 
         path = path / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: train one with `advguard train --out {path.parent}`")
+    import training.defenses  # noqa: F401  (registers the defences' own models, e.g. volumetric)
+
     payload = torch.load(path, map_location=map_location, weights_only=True)
     spec = ModelSpec.from_dict(payload["spec"])
     model = create_model(spec)

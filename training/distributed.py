@@ -1,8 +1,9 @@
-"""Data-parallel training under `torchrun` (DDP) on CPU processes (gloo backend).
+"""Data-parallel training helpers for `torchrun` (DDP) on CPU processes (gloo backend).
 
-Launch any `advguard train` command on N processes:
+The entry point is on the command-line side (`advguard.cli.distributed`): it launches any
+`advguard train --defense ...` command on N processes:
 
-    torchrun --standalone --nproc_per_node 2 -m training.ddp \\
+    torchrun --standalone --nproc_per_node 2 -m advguard.cli.distributed \\
         --defense pgd-at --model fmnist-cnn --epochs 10 --out runs/pgd-at
 
 Every defence that trains through `training.defenses.common.train` then runs data-parallel:
@@ -14,10 +15,7 @@ Outside torchrun every helper here is a no-op.
 """
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +26,19 @@ from torch import nn
 from training.data import Split, Splits
 from training.trainer import TrainConfig
 
-log = logging.getLogger(__name__)
+BACKEND = "gloo"
+
+
+def start(threads: int = 1) -> None:
+    """Join the process group torchrun set up (gloo) and use `threads` intra-op threads."""
+    dist.init_process_group(backend=BACKEND)
+    torch.set_num_threads(max(1, threads))
+
+
+def stop() -> None:
+    """Leave the process group (a no-op outside DDP)."""
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
@@ -105,26 +115,3 @@ def finish(out_dir: Path) -> None:
     dist.barrier()
     if rank() == 0:
         shutil.rmtree(Path(out_dir) / "ranks", ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry point: the arguments of `advguard train`, run on every rank."""
-    from training.cli import build_parser
-
-    args = build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    if args.defense == "standard":
-        raise SystemExit("training.ddp runs defences (--defense NAME); standard training has no "
-                         "DDP path: use `advguard train` or a defence")
-    dist.init_process_group(backend="gloo")
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank{rank()} %(levelname)s %(name)s: %(message)s")
-    try:
-        log.info("DDP: %d processes, backend gloo", world_size())
-        return args.func(args) or 0
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m training.reproduce defenses --scale full`: issue 4's table, from scratch.
+"""Issue 4's table, from scratch (run by `advguard reproduce defenses --scale full`).
 
 Trains standard, mixed-fgsm, pgd-at, fast-at, trades, filter-finetune (from the standard run)
 and distill on Fashion-MNIST, then evaluates each on the test split: clean accuracy and L-inf
@@ -12,10 +12,8 @@ not the full-size table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -202,30 +200,3 @@ def reproduce_filters(scale_name: str, out: Path, eps: tuple[float, ...] = (0.1,
               f"eps_overlap_vs_{eps[0]}": eps_overlap(found[0], found[1:])}
     write_json(out / "dominant_filters_eps.json", result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["defenses", "filters"],
-                        help="defenses: the table; filters: Algorithm 1 across eps on OUT/standard")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", default=None, help="default: runs/reproduce-defenses-<scale>")
-    parser.add_argument("--only", nargs="*", help="run names to do (default: all)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out or f"runs/reproduce-defenses-{args.scale}")
-    if args.what == "filters":
-        log.info("written %s:\n%s", out / "dominant_filters_eps.json",
-                 json.dumps(reproduce_filters(args.scale, out), indent=2))
-        return 0
-    rows = reproduce_defenses(args.scale, out, args.only)
-    log.info("written under %s:\n%s", out, to_markdown(rows, args.scale))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,10 @@ def standard_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(model(x), y)
 
 
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+SCHEDULES = ("onecycle", "constant", "plateau")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimization settings shared by every trainer.
@@ -62,10 +66,10 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in ("adam", "sgd", "rmsprop"):
-            raise ValueError(f"optimizer must be adam, sgd or rmsprop, got {self.optimizer!r}")
-        if self.schedule not in ("onecycle", "constant", "plateau"):
-            raise ValueError(f"schedule must be onecycle, constant or plateau, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:

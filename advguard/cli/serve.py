@@ -1,7 +1,8 @@
 """`advguard serve`: flags -> ServerSettings -> serve(). Heavy imports wait until it runs.
 
 On start-up it prints one line to stdout once every bundle is loaded and the port is open:
-`advguard ready {"host": ..., "port": ..., "metrics_port": ..., "models": {...}}`, and on exit
+`advguard ready {"host": ..., "port": ..., "metrics_port": ..., "http_port": ..., "models": {...}}`
+(http_port null unless --http-port), and on exit
 `advguard stopped {"OK": n, ...}` (calls by status code). Logs go to stderr.
 """
 from __future__ import annotations
@@ -25,9 +26,14 @@ def parse_ready(line: str) -> dict:
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="model_store", help="model store: <store>/<name>/<version>/manifest.json")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (gRPC and metrics)")
+    p.add_argument("--host", default="127.0.0.1", help="address gRPC binds (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed when ready)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address /metrics binds (default loopback whatever --host is: the page is unauthenticated)")
     p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: any free port)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="Open Inference Protocol v2 over HTTP/JSON (REST) on --host at this port, same auth, "
+                        "TLS and limits as gRPC (0: any free port, printed when ready; default: off)")
     p.add_argument("--no-metrics", action="store_true", help="no /metrics endpoint")
     p.add_argument("--default-model", default="", help="bundle used when a request names none (default: first by name)")
     p.add_argument("--poll-seconds", type=float, default=5.0,
@@ -49,9 +55,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024, help="gRPC message size limit")
     g.add_argument("--max-image-bytes", type=int, default=4 * 1024 * 1024, help="encoded image size limit")
     g.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
-                   help="width x height limit, checked before decoding (decompression bombs)")
-    g.add_argument("--max-concurrent-rpcs", type=int, default=None,
-                   help="calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED (default: no limit)")
+                   help="width x height limit of one image, checked before decoding (decompression bombs)")
+    g.add_argument("--max-request-pixels", type=int, default=64 * 1024 * 1024,
+                   help="width x height summed over one request's encoded images, checked before decoding any")
+    g.add_argument("--max-concurrent-rpcs", type=int, default=1024,
+                   help="calls handled at once; beyond it gRPC answers RESOURCE_EXHAUSTED (0: no limit)")
+    g.add_argument("--default-deadline-seconds", type=float, default=60.0,
+                   help="deadline of calls that set none (0: none)")
     g.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, time allowed to finish accepted calls")
     g.add_argument("--drain-seconds", type=float, default=1.0,
                    help="on SIGTERM, time new calls are answered UNAVAILABLE before the port closes")
@@ -62,6 +72,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
     g.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     g.add_argument("--tls-client-ca", default=None, help="PEM CA bundle: require client certificates (mutual TLS)")
+    g.add_argument("--allow-plaintext-token", action="store_true",
+                   help="accept a bearer token without TLS on a non-loopback --host (refused by default)")
+    g.add_argument("--disclosure", choices=["verdict", "full"], default="verdict",
+                   help="what answers show of the guard: verdict (default: no detector scores, thresholds or "
+                        "attack score, which would hand an attacker the guard's gradient signal) or full (operators)")
+    g.add_argument("--allow-skip-guard", action="store_true",
+                   help="honour requests' skip_guard (default: refused with PERMISSION_DENIED)")
+    g.add_argument("--trust-key", default=None,
+                   help="Ed25519 public key (PEM): serve only bundles whose manifest.sig verifies against it "
+                        "(serving.signature.sign_manifest); default: signatures not required")
+    g.add_argument("--max-model-bytes", type=int, default=1 << 30,
+                   help="largest bundle file read (default 1 GiB); a larger one is refused")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -69,6 +91,7 @@ def settings_from_args(args: argparse.Namespace):
     from serving.engine import EngineOptions
     from serving.preprocess import Limits
     from serving.grpc.server import ServerSettings, TLSFiles
+    from serving.bundle import BundleChecks
 
     token = os.environ.get(TOKEN_ENV) or None
     if args.auth_token_file:
@@ -79,19 +102,28 @@ def settings_from_args(args: argparse.Namespace):
         raise ValueError("--tls-cert and --tls-key go together")
     tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key),
                    Path(args.tls_client_ca) if args.tls_client_ca else None) if args.tls_cert else None
+    trust_key = Path(args.trust_key).read_bytes() if args.trust_key else None
+    try:
+        checks = BundleChecks(max_file_bytes=args.max_model_bytes, trust_key=trust_key)
+    except ValueError as err:
+        raise ValueError(f"--trust-key {args.trust_key}: {err}" if args.trust_key else str(err)) from None
     return ServerSettings(
         store=Path(args.store), host=args.host, port=args.port,
-        metrics_port=None if args.no_metrics else args.metrics_port,
+        metrics_port=None if args.no_metrics else args.metrics_port, http_port=args.http_port,
         engine=EngineOptions(threads=args.threads, spin=args.spin, cpu_only=args.cpu_only),
         batching=BatchingOptions(max_batch_size=args.max_batch_size,
                                  max_queue_delay_us=(BatchingOptions.max_queue_delay_us if args.max_queue_delay_us is None
                                                      else args.max_queue_delay_us),
                                  max_queue_size=args.max_queue_size, instances=args.instances,
                                  delay_lone_requests=args.delay_lone_requests),
-        limits=Limits(max_encoded_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
-        max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        limits=Limits(max_encoded_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels,
+                      max_images=args.max_queue_size, max_request_pixels=args.max_request_pixels),
+        max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+        metrics_host=args.metrics_host, disclosure=args.disclosure, allow_skip_guard=args.allow_skip_guard,
+        allow_plaintext_token=args.allow_plaintext_token,
+        default_deadline_seconds=args.default_deadline_seconds or None,
         grace_seconds=args.grace_seconds, drain_seconds=args.drain_seconds, poll_seconds=args.poll_seconds, default_model=args.default_model,
-        auth_token=token, tls=tls)
+        auth_token=token, tls=tls, bundle_checks=checks)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -106,3 +138,9 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"advguard stopped {json.dumps(counts)}", flush=True)
     sys.stdout.flush()
     return 0
+
+
+# The shape every subcommand module has (see `advguard.cli.main`).
+HELP = "serve the bundles in a model store over gRPC"
+add_arguments = add_serve_args
+run = run_serve

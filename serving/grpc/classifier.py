@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -11,28 +12,22 @@ from serving.answer import Answers
 from serving.errors import InputError
 from serving.grpc.context import deadline_of
 from serving.grpc.status import CORE_ERRORS, handle_errors, status_of
-from serving.preprocess import Limits, decode_image, tensor_to_array
+from serving.preprocess import check_count, request_pixels, tensor_to_array
+from serving.runtime.decode import Decoder
 from serving.runtime.dataplane import DataPlane, verdict_label
 from serving.runtime.models import ServedModel
 
 _DTYPE_NAMES = {guard_pb2.DTYPE_UINT8: "uint8", guard_pb2.DTYPE_FLOAT32: "float32"}
-STREAM_WINDOW = 1024       # images of a stream queued ahead of the item being answered
-OFFLOAD_BYTES = 64 * 1024  # encoded images larger than this are decoded off the event loop
+STREAM_WINDOW = 1024  # images of a stream queued ahead of the item being answered
+STREAM_PENDING = 256  # stream items (answers or errors) waiting for the client to read them
 
 
-def image_to_array(image: guard_pb2.Image, served: ServedModel, limits: Limits) -> np.ndarray:
-    """One Image message -> C x H x W float32 in [0, 1]; InputError says what was wrong."""
-    source = image.WhichOneof("source")
-    spec = served.bundle.input
-    if source == "encoded":
-        return decode_image(image.encoded, spec, limits)
-    if source == "tensor":
-        t = image.tensor
-        dtype = _DTYPE_NAMES.get(t.dtype)
-        if dtype is None:
-            raise InputError("tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
-        return tensor_to_array(tuple(t.shape), dtype, t.data, spec)
-    raise InputError("request has no image: set image.encoded (PNG/JPEG bytes) or image.tensor")
+def tensor_image(t: guard_pb2.Tensor, spec) -> np.ndarray:
+    """One C x H x W Tensor message -> float32 in [0, 1]."""
+    dtype = _DTYPE_NAMES.get(t.dtype)
+    if dtype is None:
+        raise InputError("tensor dtype is unspecified; set DTYPE_UINT8 or DTYPE_FLOAT32")
+    return tensor_to_array(tuple(t.shape), dtype, t.data, spec)
 
 
 def batch_to_array(t: guard_pb2.Tensor, served: ServedModel) -> np.ndarray:
@@ -43,13 +38,38 @@ def batch_to_array(t: guard_pb2.Tensor, served: ServedModel) -> np.ndarray:
     return tensor_to_array(tuple(t.shape), dtype, t.data, served.bundle.input, batched=True)
 
 
-async def stream_item_to_array(request: guard_pb2.ClassifyRequest, served: ServedModel, limits: Limits) -> np.ndarray:
+async def images_to_array(images, served: ServedModel, decoder: Decoder) -> np.ndarray:
+    """Image messages -> N x C x H x W float32: the count and every encoded header checked before
+    anything is decoded; encoded images decoded by `decoder` (off the event loop unless tiny)."""
+    if not images:
+        raise InputError("request has no images: set images or batch")
+    check_count(len(images), decoder.limits)
+    spec = served.bundle.input
+    sources = [image.WhichOneof("source") for image in images]
+    if all(source == "encoded" for source in sources):
+        return await decoder.decode([image.encoded for image in images], spec)
+    request_pixels([image.encoded for image, source in zip(images, sources) if source == "encoded"], decoder.limits)
+    out = []
+    for i, (image, source) in enumerate(zip(images, sources)):
+        try:
+            if source == "encoded":
+                out.append((await decoder.decode([image.encoded], spec))[0])
+            elif source == "tensor":
+                out.append(tensor_image(image.tensor, spec))
+            else:
+                raise InputError("request has no image: set image.encoded (PNG/JPEG bytes) or image.tensor")
+        except InputError as err:
+            raise InputError(f"image {i}: {err}" if len(images) > 1 else str(err)) from None
+    return np.stack(out)
+
+
+async def stream_item_to_array(request: guard_pb2.ClassifyRequest, served: ServedModel, decoder: Decoder) -> np.ndarray:
     """A ClassifyStream item -> N x C x H x W: its `batch`, or its one `image`."""
     if request.HasField("batch"):
         if request.HasField("image"):
             raise InputError("set either image or batch, not both")
         return batch_to_array(request.batch, served)
-    return (await decode(request.image, served, limits))[None]
+    return await images_to_array([request.image], served, decoder)
 
 
 class ImageWindow:
@@ -68,20 +88,6 @@ class ImageWindow:
         async with self.changed:
             self.in_flight -= n
             self.changed.notify_all()
-
-
-async def decode(image: guard_pb2.Image, served: ServedModel, limits: Limits) -> np.ndarray:
-    if image.WhichOneof("source") == "encoded" and len(image.encoded) > OFFLOAD_BYTES:
-        return await asyncio.to_thread(image_to_array, image, served, limits)
-    return image_to_array(image, served, limits)
-
-
-async def decode_nth(image: guard_pb2.Image, served: ServedModel, limits: Limits, i: int) -> np.ndarray:
-    """`decode` for image i of a batch: an InputError names the image."""
-    try:
-        return await decode(image, served, limits)
-    except InputError as err:
-        raise InputError(f"image {i}: {err}") from None
 
 
 def to_response(answers: Answers, i: int, request_id: str = "") -> guard_pb2.ClassifyResponse:
@@ -110,8 +116,11 @@ def model_info(plane: DataPlane, served: ServedModel) -> guard_pb2.ModelInfo:
         guard_action=pipeline.policy.action)
     for f in bundle.models:
         info.files.add(file=f.file, sha256=f.sha256, role=f.role)
-    for d in pipeline.detectors:
-        info.detectors.add(name=d.detector.name, threshold=d.threshold, calibrated_fpr=d.target_fpr)
+    for d in pipeline.detectors:  # thresholds only under full disclosure
+        info.detectors.add(name=d.detector.name, threshold=d.threshold if plane.full else 0.0,
+                           calibrated_fpr=d.target_fpr)
+    info.robustness_card_json = json.dumps(bundle.robustness or {})
+    info.verdict_calibration_json = json.dumps((bundle.guard or {}).get("verdict", {}))
     return info
 
 
@@ -121,15 +130,16 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.limits = plane.limits
+        self.decoder = plane.decoder
 
     @handle_errors
     async def Classify(self, request, context):
         if request.HasField("batch"):
             raise InputError("batch is for ClassifyStream items; send many images in one call with ClassifyBatch")
         served = self.plane.model(request.model, request.version)
-        x = await decode(request.image, served, self.limits)
-        answers = await self.plane.classify(served, x[None], not request.skip_guard, deadline_of(context))
+        x = await images_to_array([request.image], served, self.decoder)
+        deadline = deadline_of(context, self.plane.default_deadline)
+        answers = await self.plane.classify(served, x, not request.skip_guard, deadline)
         return to_response(answers, 0, request.request_id)
 
     @handle_errors
@@ -139,11 +149,10 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
             raise InputError("set either images or batch, not both")
         if request.HasField("batch"):
             x = batch_to_array(request.batch, served)
-        elif request.images:
-            x = np.stack([await decode_nth(image, served, self.limits, i) for i, image in enumerate(request.images)])
         else:
-            raise InputError("request has no images: set images or batch")
-        answers = await self.plane.classify(served, x, not request.skip_guard, deadline_of(context))
+            x = await images_to_array(request.images, served, self.decoder)
+        deadline = deadline_of(context, self.plane.default_deadline)
+        answers = await self.plane.classify(served, x, not request.skip_guard, deadline)
         return guard_pb2.ClassifyBatchResponse(results=[to_response(answers, i) for i in range(len(x))])
 
     async def ClassifyStream(self, request_iterator, context):
@@ -151,7 +160,7 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
         ahead, and answered in order; a bad item gets a response with `error` set and the
         stream goes on."""
         window = ImageWindow(STREAM_WINDOW)
-        pending: asyncio.Queue = asyncio.Queue()
+        pending: asyncio.Queue = asyncio.Queue(maxsize=STREAM_PENDING)  # a client that stops reading stops ours
         plane = self.plane
 
         async def read() -> None:
@@ -160,14 +169,22 @@ class GuardedClassifierServicer(guard_pb2_grpc.GuardedClassifierServicer):
                     began = time.perf_counter()
                     try:
                         served = plane.model(request.model, request.version)
-                        x = await stream_item_to_array(request, served, self.limits)
+                        x = await stream_item_to_array(request, served, self.decoder)
                         await window.acquire(len(x))
-                        future = plane.submit_nowait(served, x, not request.skip_guard, deadline_of(context))
-                        pending.put_nowait((request, served, future, began, None, len(x)))
+                        try:
+                            deadline = deadline_of(context, plane.default_deadline)
+                            future = plane.submit_nowait(served, x, not request.skip_guard, deadline)
+                        except BaseException:
+                            await window.release(len(x))  # never submitted: give its images back
+                            raise
+                        item = (request, served, future, began, None, len(x))
                     except CORE_ERRORS as err:
-                        pending.put_nowait((request, None, None, began, stream_error(err), 0))
-                pending.put_nowait(None)
+                        item = (request, None, None, began, stream_error(err), 0)
+                    await pending.put(item)
+                await pending.put(None)
             except BaseException as err:  # the call ended under us: wake the writer
+                while pending.full():  # the writer is gone or stuck; make room for the wake-up
+                    pending.get_nowait()
                 pending.put_nowait(err)
                 raise
 
@@ -213,4 +230,4 @@ def stream_error(err: Exception) -> guard_pb2.Error:
     return guard_pb2.Error(code=status_of(err).value[0], message=str(err))
 
 
-__all__ = ["GuardedClassifierServicer", "image_to_array", "to_response", "model_info"]
+__all__ = ["GuardedClassifierServicer", "images_to_array", "to_response", "model_info"]

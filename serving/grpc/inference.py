@@ -7,9 +7,12 @@ PNG/JPEG files; in `raw_input_contents` or typed `contents`. Request parameter `
 image, always as `raw_output_contents`:
     probabilities FP32 N x K; class_index INT64 N (-1: withheld by a `reject` policy);
     class_name BYTES N; verdict BYTES N (CLEAN, SUSPICIOUS, ADVERSARIAL; UNSPECIFIED when
-    skipped); attack_score FP32 N; detector_scores FP32 N x D; detector_flags BOOL N x D.
+    skipped); attack_score FP32 N; detector_scores FP32 N x D; detector_flags BOOL N x D;
+    answered_by BYTES N (the model file that answered: primary, or fallback for flagged images).
+What each row shows is decided by `serving.answer` (the same for every front end).
 Response parameters name the detectors (`detectors`, comma-separated, the D columns' order),
-their `thresholds`, and the policy's `action`.
+their `thresholds`, and the policy's `action`. ModelMetadata's parameters carry the bundle's
+`robustness_card` and `verdict_calibration` (JSON), `detectors`, `policy` and `action`.
 
 Note: this module's messages share the `inference.` names with tritonclient's own generated
 code; a process should import one or the other, never both (the protobuf pool refuses
@@ -17,6 +20,7 @@ duplicate names).
 """
 from __future__ import annotations
 
+import json
 import struct
 from importlib import metadata
 
@@ -25,16 +29,17 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.answer import Answers
-from serving.errors import InputError, UnknownModelError
+from serving.errors import InputError, PermissionDeniedError, UnknownModelError
 from serving.grpc.context import deadline_of
 from serving.grpc.status import handle_errors
-from serving.preprocess import decode_image, tensor_to_array
+from serving.preprocess import check_count, tensor_to_array
+from serving.runtime.decode import Decoder
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.models import ServedModel
 
 INPUT = "input"
 OUTPUTS = ("probabilities", "class_index", "class_name", "verdict", "attack_score",
-           "detector_scores", "detector_flags")
+           "detector_scores", "detector_flags", "answered_by")
 
 
 def _version() -> str:
@@ -49,22 +54,28 @@ def pack_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def unpack_bytes(raw: bytes) -> list[bytes]:
-    items, offset = [], 0
+def unpack_bytes(raw: bytes, most: int) -> list[bytes]:
+    """The elements of a raw BYTES tensor; InputError beyond `most` elements (checked as it goes,
+    so a flood of tiny elements is refused before it is split up)."""
+    items, offset, view = [], 0, memoryview(raw)
     while offset < len(raw):
+        if len(items) == most:
+            raise InputError(f"BYTES tensor holds more than the {most} elements its shape declares")
         if offset + 4 > len(raw):
             raise InputError("BYTES tensor is truncated: a 4-byte length prefix is cut short")
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + size > len(raw):
             raise InputError(f"BYTES tensor is truncated: an element claims {size} bytes, {len(raw) - offset} remain")
-        items.append(raw[offset:offset + size])
+        items.append(bytes(view[offset:offset + size]))
         offset += size
     return items
 
 
-def request_images(request: pb.ModelInferRequest, served: ServedModel, limits) -> np.ndarray:
-    """The request's `input` tensor as N x C x H x W float32; InputError says what was wrong."""
+async def request_images(request: pb.ModelInferRequest, served: ServedModel, decoder: Decoder) -> np.ndarray:
+    """The request's `input` tensor as N x C x H x W float32; InputError says what was wrong.
+    BYTES (PNG/JPEG files): the declared count is checked before the tensor is split, and every
+    header before anything is decoded (`serving.runtime.decode`)."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = ", ".join(repr(t.name) for t in request.inputs) or "none"
         raise InputError(f"this model takes one input named {INPUT!r}; got {names}")
@@ -74,12 +85,13 @@ def request_images(request: pb.ModelInferRequest, served: ServedModel, limits) -
     raw = request.raw_input_contents[0] if request.raw_input_contents else None
     shape, spec = tuple(tensor.shape), served.bundle.input
     if tensor.datatype == "BYTES":
-        files = unpack_bytes(raw) if raw is not None else list(tensor.contents.bytes_contents)
-        if len(shape) not in (1, 2) or shape[0] != len(files) or (len(shape) == 2 and shape[1] != 1):
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
+            raise InputError(f"BYTES input shape {list(shape)} must be [N] (or [N, 1]) with N >= 1 files")
+        check_count(shape[0], decoder.limits)
+        files = unpack_bytes(raw, shape[0]) if raw is not None else list(tensor.contents.bytes_contents)
+        if shape[0] != len(files):
             raise InputError(f"BYTES input shape {list(shape)} must be [N] (or [N, 1]) with N = {len(files)} files")
-        if not files:
-            raise InputError("BYTES input holds no images")
-        return np.stack([decode_image(f, spec, limits) for f in files])
+        return await decoder.decode(files, spec)
     if tensor.datatype == "FP32":
         data = raw if raw is not None else np.asarray(tensor.contents.fp32_contents, dtype="<f4").tobytes()
         return tensor_to_array(shape, "float32", data, spec, batched=True)
@@ -100,13 +112,21 @@ def _output(response: pb.ModelInferResponse, name: str, datatype: str, array: np
     response.raw_output_contents.append(pack_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
 
 
+GUARD_DETAIL = ("attack_score", "detector_scores", "detector_flags")  # shown under full disclosure only
+
+
+def outputs_for(full: bool) -> tuple[str, ...]:
+    return OUTPUTS if full else tuple(o for o in OUTPUTS if o not in GUARD_DETAIL)
+
+
 def infer_response(answers: Answers, wanted: list[str], request_id: str) -> pb.ModelInferResponse:
     """The wanted outputs of `answers` as OIP tensors (what to show is the answer builder's call)."""
     n, d = len(answers), len(answers.detector_names)
     response = pb.ModelInferResponse(model_name=answers.model, model_version=answers.model_version, id=request_id)
     response.parameters["detectors"].string_param = ",".join(answers.detector_names)
-    response.parameters["thresholds"].string_param = ",".join(
-        f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
+    if answers.full:
+        response.parameters["thresholds"].string_param = ",".join(
+            f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
     response.parameters["action"].string_param = answers.action
     for name in wanted:
         if name == "probabilities":
@@ -124,6 +144,8 @@ def infer_response(answers: Answers, wanted: list[str], request_id: str) -> pb.M
             _output(response, name, "FP32", answers.detector_scores(), (n, d))
         elif name == "detector_flags":
             _output(response, name, "BOOL", answers.detector_flags(), (n, d))
+        elif name == "answered_by":
+            _output(response, name, "BYTES", [answers.answered_by(i).encode() for i in range(n)], (n,))
     return response
 
 
@@ -156,21 +178,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelMetadataResponse(name=bundle.name, versions=self.plane.versions(bundle.name),
                                             platform="advguard_guarded_onnx")
         response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
+        offered = outputs_for(self.plane.full)
         for name, datatype, shape in (("probabilities", "FP32", [-1, k]), ("class_index", "INT64", [-1]),
                                       ("class_name", "BYTES", [-1]), ("verdict", "BYTES", [-1]),
                                       ("attack_score", "FP32", [-1]), ("detector_scores", "FP32", [-1, d]),
-                                      ("detector_flags", "BOOL", [-1, d])):
-            response.outputs.add(name=name, datatype=datatype, shape=shape)
+                                      ("detector_flags", "BOOL", [-1, d]), ("answered_by", "BYTES", [-1])):
+            if name in offered:
+                response.outputs.add(name=name, datatype=datatype, shape=shape)
+        guard = bundle.guard or {}
+        response.parameters["robustness_card"].string_param = json.dumps(bundle.robustness or {})
+        response.parameters["verdict_calibration"].string_param = json.dumps(guard.get("verdict", {}))
+        response.parameters["detectors"].string_param = ",".join(c.detector.name for c in served.pipeline.detectors)
+        response.parameters["policy"].string_param = served.pipeline.policy.combine
+        response.parameters["action"].string_param = served.pipeline.policy.action
         return response
 
     @handle_errors
     async def ModelInfer(self, request, context):
         served = self.plane.model(request.model_name, request.model_version)
-        wanted = [o.name for o in request.outputs] or list(OUTPUTS)
-        unknown = [name for name in wanted if name not in OUTPUTS]
+        offered = outputs_for(self.plane.full)
+        wanted = [o.name for o in request.outputs] or list(offered)
+        unknown = [name for name in wanted if name not in offered]
         if unknown:
-            raise InputError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
-        x = request_images(request, served, self.plane.limits)
+            if unknown[0] in OUTPUTS:
+                raise PermissionDeniedError(f"output {unknown[0]!r} is shown only by a server started with "
+                                            "--disclosure full; outputs: " + ", ".join(offered))
+            raise InputError(f"unknown output {unknown[0]!r}; outputs: {', '.join(offered)}")
+        x = await request_images(request, served, self.plane.decoder)
         skip = request.parameters["skip_guard"].bool_param if "skip_guard" in request.parameters else False
-        answers = await self.plane.classify(served, x, not skip, deadline_of(context))
+        deadline = deadline_of(context, self.plane.default_deadline)
+        answers = await self.plane.classify(served, x, not skip, deadline)
         return infer_response(answers, wanted, request.id)

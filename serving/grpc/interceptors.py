@@ -34,6 +34,11 @@ def _code_of(context, labels: CallLabels, err: BaseException | None) -> str:
     return "CANCELLED" if isinstance(err, BaseException) and not isinstance(err, Exception) else "UNKNOWN"
 
 
+def _unread(data: bytes) -> None:
+    """The request deserializer of a refused call: drops the bytes unparsed."""
+    return None
+
+
 UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED,
                    f"missing or wrong bearer token: send metadata '{AUTH_HEADER}: Bearer <token>'")
 DRAINING = (grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry (on another replica)")
@@ -130,8 +135,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     end(context, labels, began, err)
             return behavior
 
-        kwargs = dict(request_deserializer=handler.request_deserializer,
-                      response_serializer=handler.response_serializer)
+        # a refused call's message is never parsed: it costs no CPU or memory beyond gRPC's own
+        deserializer = _unread if refusal else handler.request_deserializer
+        kwargs = dict(request_deserializer=deserializer, response_serializer=handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
         if handler.unary_stream:

@@ -10,7 +10,8 @@ from typing import Callable
 import grpc
 
 from serving.errors import (
-    BatcherClosedError, DeadlineExceededError, InputError, QueueFullError, RequestTooLargeError, UnknownModelError,
+    BatcherClosedError, DeadlineExceededError, InputError, PermissionDeniedError, QueueFullError, RequestTooLargeError,
+    UnknownModelError,
 )
 from serving.metrics import call_labels
 
@@ -18,6 +19,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     InputError: grpc.StatusCode.INVALID_ARGUMENT,
     RequestTooLargeError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     BatcherClosedError: grpc.StatusCode.UNAVAILABLE,

@@ -19,6 +19,7 @@ class LowConfidence:
     name = "low-confidence"
     views: dict = {}
     blocking = False
+    needs_reference = False
 
     @classmethod
     def from_manifest(cls, bundle_dir: Path, options: dict, engine: object = None) -> "LowConfidence":

@@ -35,6 +35,7 @@ class MIAVote:
     name = "mia-vote"
     views: dict = {}
     blocking = True  # runs the MIA graph
+    needs_reference = False
 
     def __init__(self, model: OnnxModel, file: str = MIA_FILE) -> None:
         outputs = [o.name for o in model.session.get_outputs()]

@@ -40,10 +40,13 @@ def verdict_name(verdict: int) -> str:
 
 @dataclass(frozen=True)
 class Outputs:
-    """The primary model's probabilities on the input (N x K) and on each named view (N x K)."""
+    """The primary model's probabilities on the input (N x K) and on each named view (N x K);
+    `reference`: the bundle's reference model's probabilities on the input (N x K), when a
+    detector needs them."""
 
     probs: np.ndarray
     views: Mapping[str, np.ndarray] = field(default_factory=dict)
+    reference: np.ndarray | None = None
 
 
 class Detector(Protocol):
@@ -51,11 +54,13 @@ class Detector(Protocol):
 
     `x` is N x C x H x W float32 in [0, 1]; `views` names the input transforms whose model
     outputs `score` reads from `outputs.views` (empty when it needs none); `blocking`: `score`
-    runs a model of its own, so the server calls it off its event loop."""
+    runs a model of its own, so the server calls it off its event loop; `needs_reference`: `score`
+    reads `outputs.reference`, so the bundle must carry a model with role `reference`."""
 
     name: str
     views: Mapping[str, View]
     blocking: bool
+    needs_reference: bool
 
     def score(self, x: np.ndarray, outputs: Outputs) -> np.ndarray: ...
 

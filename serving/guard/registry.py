@@ -6,6 +6,7 @@ from pathlib import Path
 
 from serving.bundle import Bundle, BundleError
 from serving.guard.confidence import LowConfidence
+from serving.guard.disagreement import Disagreement
 from serving.engine import EngineOptions
 from serving.guard.policy import CalibratedDetector, Detector
 from serving.guard.mia_vote import MIAVote
@@ -22,6 +23,7 @@ def register_detector(name: str):
     return wrap
 
 
+register_detector("disagreement")(Disagreement)
 register_detector("feature-squeezing")(FeatureSqueezing)
 register_detector("low-confidence")(LowConfidence)
 register_detector("mia-vote")(MIAVote)

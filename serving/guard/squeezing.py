@@ -45,6 +45,7 @@ class FeatureSqueezing:
 
     name = "feature-squeezing"
     blocking = False
+    needs_reference = False
 
     def __init__(self, bits: int = 2, median: int = 2) -> None:
         if not 1 <= bits <= 7:

@@ -1,118 +1,63 @@
-"""The served models (Triton's model repository and manager, in one place): every version of
-every bundle in a model store, loaded at start-up and kept in step with the store by hot reload
-(new version folders are loaded, verified, warmed up and swapped in; removed ones are drained
-and dropped; a request never sees a half-loaded model).
-
-Readers never lock: every change builds a new mapping and replaces the old one in a single
-assignment, so a request sees either the old set of models or the new one, never half of each.
+"""The served models (Triton's model manager): every version of every bundle in a model store,
+loaded at start-up into a `ModelRepository` and kept in step with the store by hot reload. A
+version folder is loaded (verified, its labels checked against its models' outputs, warmed up)
+and swapped in whenever its files change, so a version copied file by file is retried until it
+verifies and one overwritten in place is verified again; a version is dropped only when its
+folder is gone from a store that could be listed; a request never sees a half-loaded model.
+Each served version runs its batches on threads of its own.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from serving.bundle import Bundle, BundleError, bundle_names, version_dirs
+from serving.bundle import Bundle, BundleChecks, BundleError, load_bundle
 from serving.engine import EngineOptions
-from serving.errors import UnknownModelError
 from serving.guard import Verdict
 from serving.metrics import Metrics
 from serving.pipeline import Pipeline, PipelineResult
 from serving.runtime.batcher import BatchingOptions, DynamicBatcher
+from serving.runtime.repository import ModelRepository
+from serving.runtime.store import StoreUnavailableError, survey
 
 log = logging.getLogger(__name__)
 
 
-class HasBundle(Protocol):
-    bundle: Bundle
-
-
-Entry = TypeVar("Entry", bound=HasBundle)
-
-
-def version_key(version: str) -> tuple:
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
-
-
-def load_pipeline(folder: Path, engine: EngineOptions | None = None) -> Pipeline:
-    """Load, verify and warm up the bundle in `folder` (`<store>/<name>/<version>`); the folder's
-    name and version must match the manifest's."""
-    pipeline = Pipeline.load(folder, engine)
+def check_outputs(pipeline: Pipeline) -> None:
+    """Each answering model (primary, fallback, reference) must output one score per label."""
     bundle = pipeline.bundle
+    x = np.zeros((1, *bundle.input.shape), dtype=np.float32)
+    for role, model in (("primary", pipeline.primary), ("fallback", pipeline.fallback),
+                        ("reference", pipeline.reference)):
+        if model is None:
+            continue
+        classes = int(model.logits(x).shape[-1])
+        if classes != len(bundle.labels):
+            raise BundleError(f"{bundle.path}: the {role} model ({bundle.file(role).file}) outputs {classes} classes "
+                              f"but the manifest lists {len(bundle.labels)} labels; export the bundle again")
+
+
+def load_pipeline(folder: Path, engine: EngineOptions | None = None, checks: BundleChecks | None = None,
+                  same_as: Bundle | None = None) -> Pipeline | None:
+    """Load, verify and warm up the bundle in `folder` (`<store>/<name>/<version>`); the folder's
+    name and version must match the manifest's, and its models' outputs its labels. None when the
+    folder, verified again, still holds `same_as` (the same manifest bytes)."""
+    bundle = load_bundle(folder, checks=checks)
+    if same_as is not None and bundle.manifest_sha256 == same_as.manifest_sha256:
+        return None
     if (bundle.name, bundle.version) != (folder.parent.name, folder.name):
         raise BundleError(f"{folder}: manifest says {bundle.name} version {bundle.version}; a bundle "
                           f"lives in <store>/<name>/<version>/ with the manifest's name and version")
+    pipeline = Pipeline.from_bundle(bundle, engine)
+    check_outputs(pipeline)
     pipeline.warm_up()
     return pipeline
-
-
-class ModelRepository(Generic[Entry]):
-    """name -> version -> entry (a Pipeline, or the server's wrapper around one).
-
-    `get(name, version)` with empty values picks the default bundle (`default_model`, else the
-    first by name) and its latest version (highest number)."""
-
-    def __init__(self, store: Path, default_model: str = "") -> None:
-        self.store = Path(store)
-        self.default_model = default_model
-        self.models: dict[str, dict[str, Entry]] = {}
-
-    def scan(self) -> tuple[list[Path], list[tuple[str, str]]]:
-        """(version folders on disk not loaded yet, loaded (name, version)s gone from disk)."""
-        on_disk = {(folder.parent.name, folder.name): folder
-                   for name in bundle_names(self.store) for folder in version_dirs(self.store, name)}
-        loaded = {(name, version) for name, versions in self.models.items() for version in versions}
-        new = [folder for key, folder in sorted(on_disk.items()) if key not in loaded]
-        return new, sorted(loaded - set(on_disk))
-
-    def add(self, entry: Entry) -> None:
-        bundle = entry.bundle
-        models = {name: dict(versions) for name, versions in self.models.items()}
-        models.setdefault(bundle.name, {})[bundle.version] = entry
-        self.models = models
-
-    def remove(self, name: str, version: str) -> Entry:
-        models = {n: dict(v) for n, v in self.models.items()}
-        entry = models[name].pop(version)
-        if not models[name]:
-            del models[name]
-        self.models = models
-        return entry
-
-    def entries(self) -> list[Entry]:
-        return [e for versions in self.models.values() for e in versions.values()]
-
-    def names(self) -> list[str]:
-        return sorted(self.models)
-
-    def versions(self, name: str) -> list[str]:
-        return sorted(self.models.get(name, {}), key=version_key)
-
-    def default_name(self) -> str:
-        if self.default_model and self.default_model in self.models:
-            return self.default_model
-        names = self.names()
-        return names[0] if names else ""
-
-    def get(self, name: str = "", version: str = "") -> Entry:
-        models = self.models  # one snapshot for the whole lookup
-        name = name or self.default_name()
-        versions = models.get(name)
-        if not versions:
-            raise UnknownModelError(f"unknown model {name!r}; loaded: {', '.join(sorted(models)) or 'none'}")
-        if not version:
-            version = max(versions, key=version_key)
-        entry = versions.get(version)
-        if entry is None:
-            raise UnknownModelError(f"model {name!r} has no version {version!r}; loaded: "
-                                    f"{', '.join(sorted(versions, key=version_key))}")
-        return entry
 
 
 def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], None]:
@@ -139,93 +84,177 @@ def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], N
 
 @dataclass
 class ServedModel:
+    """A served bundle version: its pipeline, its batcher, and its own model threads (one per
+    instance), so a large batch of one model never holds up another's."""
+
     pipeline: Pipeline
     batcher: DynamicBatcher
+    executor: ThreadPoolExecutor | None = None
+    fingerprint: str = ""  # of its folder when it was loaded (serving.runtime.store)
 
     @property
     def bundle(self) -> Bundle:
         return self.pipeline.bundle
 
 
+# what a bundle that fails to load raises (anything else is a bug, and is logged as one)
+LOAD_ERRORS = (BundleError, KeyError, ValueError, TypeError, OSError, RuntimeError)
+
+
 class ModelManager:
-    """Owns the repository of served models. Example: `await ModelManager(...).load_all()`."""
+    """Owns the repository of served models and keeps it in step with the store.
+    Example: `await ModelManager(store, engine, batching, metrics).load_all()`.
+
+    Hot reload (`refresh`, every `poll` interval): a version folder is (re)loaded whenever its
+    fingerprint changes (a version copied file by file is retried until it verifies; one
+    overwritten in place is verified again and swapped in); a folder that failed is retried only
+    once it changes. A version is unloaded only when its folder is gone from a store that could
+    be listed: a store missing or unreadable for a moment unloads nothing. A replaced or removed
+    version keeps answering calls that looked it up for `retire_seconds`, then is drained."""
 
     def __init__(self, store: Path, engine: EngineOptions, batching: BatchingOptions, metrics: Metrics,
-                 executor: Executor, default_model: str = "") -> None:
+                 default_model: str = "", checks: BundleChecks | None = None, retire_seconds: float = 5.0) -> None:
         self.repo: ModelRepository[ServedModel] = ModelRepository(store, default_model)
         self.engine = engine
         self.batching = batching
         self.metrics = metrics
-        self.executor = executor
-        self._refused: dict[Path, float] = {}  # folder -> manifest mtime when it was refused
+        self.checks = checks or BundleChecks()
+        self.retire_seconds = retire_seconds
+        self._refused: dict[Path, str] = {}  # folder -> its fingerprint when it was refused
+        self._retiring: dict[asyncio.Task, ServedModel] = {}
 
-    def _serve(self, pipeline: Pipeline) -> ServedModel:
-        name = pipeline.bundle.name
+    def _serve(self, pipeline: Pipeline, fingerprint: str) -> ServedModel:
+        bundle = pipeline.bundle
+        name = bundle.name
+        executor = ThreadPoolExecutor(max_workers=self.batching.instances,
+                                      thread_name_prefix=f"advguard-model-{name}-{bundle.version}")
         batch_size = self.metrics.batch_size.labels(name)
         depth = self.metrics.queue_depth.labels(name)
-        batcher = DynamicBatcher(pipeline.steps, self.batching, self.executor,
+        batcher = DynamicBatcher(pipeline.steps, self.batching, executor,
                                  on_batch=batch_size.observe, on_depth=depth.set,
                                  on_result=verdict_counter(self.metrics, name))
-        for f in pipeline.bundle.models:
-            self.metrics.model_info.labels(name, pipeline.bundle.version, f.file, f.sha256).set(1)
+        for f in bundle.models:
+            self.metrics.model_info.labels(name, bundle.version, f.file, f.sha256).set(1)
         self.metrics.model_loads.labels(name, "loaded").inc()
-        return ServedModel(pipeline, batcher)
+        return ServedModel(pipeline, batcher, executor, fingerprint)
 
-    async def _load(self, folder: Path) -> Pipeline:
-        return await asyncio.get_running_loop().run_in_executor(None, load_pipeline, folder, self.engine)
+    async def _load(self, folder: Path, same_as: Bundle | None = None) -> Pipeline | None:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, load_pipeline, folder, self.engine, self.checks, same_as)
 
     async def load_all(self) -> None:
         """Load every version of every bundle; any failure is fatal at start-up."""
-        new, _ = self.repo.scan()
-        if not new:
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, survey, self.repo.store)
+        except StoreUnavailableError:
+            found = None
+        if not found or not found.versions:
             raise FileNotFoundError(f"no bundles in {self.repo.store}: build one with `make bundle` "
                                     f"(or `advguard export --run RUN --name NAME --store {self.repo.store}`)")
-        for folder in new:
-            self.repo.add(self._serve(await self._load(folder)))
-            log.info("loaded %s version %s", folder.parent.name, folder.name)
+        for key, folder in sorted(found.versions.items()):
+            self.repo.add(self._serve(await self._load(folder), found.fingerprints[key]))
+            log.info("loaded %s version %s", *key)
 
     async def refresh(self) -> tuple[list[str], list[str]]:
-        """Load new version folders and drop vanished ones; returns ("name/version" added, removed).
-        A folder that fails to load is logged and retried only once its manifest changes."""
-        new, gone = self.repo.scan()
+        """Bring the served set in step with the store; returns ("name/version" loaded or
+        reloaded, unloaded)."""
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, survey, self.repo.store)
+        except StoreUnavailableError as err:
+            self.metrics.store_scan_failures.inc()
+            log.warning("%s; keeping the %d loaded versions until it can be listed again",
+                        err.strerror, len(self.repo.entries()))
+            return [], []
         added, removed = [], []
-        for folder in new:
-            manifest = folder / "manifest.json"
-            try:
-                mtime = manifest.stat().st_mtime
-            except FileNotFoundError:
+        folders = set(found.versions.values())
+        self._refused = {f: fp for f, fp in self._refused.items() if f in folders}
+        for key, folder in sorted(found.versions.items()):
+            fingerprint = found.fingerprints[key]
+            served = self.repo.models.get(key[0], {}).get(key[1])
+            if not fingerprint or (served is not None and served.fingerprint == fingerprint) \
+                    or self._refused.get(folder) == fingerprint:
                 continue
-            if self._refused.get(folder) == mtime:
-                continue
             try:
-                pipeline = await self._load(folder)
-            except (BundleError, KeyError, ValueError, OSError, RuntimeError) as err:
-                self._refused[folder] = mtime
-                self.metrics.model_loads.labels(folder.parent.name, "refused").inc()
-                log.error("not loading %s: %s", folder, err)
+                pipeline = await self._load(folder, served.bundle if served is not None else None)
+            except LOAD_ERRORS as err:
+                self._refused[folder] = fingerprint
+                self.metrics.model_loads.labels(key[0], "refused").inc()
+                log.error("not loading %s%s: %s", folder,
+                          " (still serving the copy loaded before it changed)" if served is not None else "", err)
                 continue
             self._refused.pop(folder, None)
-            self.repo.add(self._serve(pipeline))
-            added.append(f"{folder.parent.name}/{folder.name}")
-            log.info("hot reload: now serving %s version %s", folder.parent.name, folder.name)
-        for name, version in gone:
-            served = self.repo.remove(name, version)
-            await served.batcher.close()  # finish what it had accepted
-            for f in served.bundle.models:
-                self.metrics.model_info.remove(name, version, f.file, f.sha256)
-            removed.append(f"{name}/{version}")
-            log.info("hot reload: %s version %s is gone from the store; unloaded", name, version)
+            if pipeline is None:  # touched, not changed: the same manifest, every file verified again
+                served.fingerprint = fingerprint
+                continue
+            new = self._serve(pipeline, fingerprint)
+            self.repo.add(new)  # one assignment: calls see the old copy or the new one
+            added.append("/".join(key))
+            if served is None:
+                log.info("hot reload: now serving %s version %s", *key)
+            else:
+                self._drop_info(served, keep=new)
+                self._retire(served)
+                log.info("hot reload: %s version %s changed in place; now serving the new copy", *key)
+        for name, versions in list(self.repo.models.items()):
+            for version in list(versions):
+                if name in found.unreadable or (name, version) in found.present:
+                    continue
+                served = self.repo.remove(name, version)
+                self._drop_info(served)
+                self._retire(served)
+                removed.append(f"{name}/{version}")
+                log.info("hot reload: %s version %s is gone from the store; unloaded", name, version)
         return added, removed
 
-    async def poll(self, interval: float) -> None:
-        """Refresh every `interval` seconds, forever (cancel to stop)."""
+    def _drop_info(self, served: ServedModel, keep: ServedModel | None = None) -> None:
+        bundle = served.bundle
+        kept = {(f.file, f.sha256) for f in keep.bundle.models} if keep is not None else set()
+        for f in bundle.models:
+            if (f.file, f.sha256) not in kept:
+                try:
+                    self.metrics.model_info.remove(bundle.name, bundle.version, f.file, f.sha256)
+                except KeyError:
+                    pass
+
+    def _retire(self, served: ServedModel) -> None:
+        """Drain `served` once calls that looked it up before it was replaced have queued."""
+        task = asyncio.get_running_loop().create_task(self._retire_later(served))
+        self._retiring[task] = served
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    async def _retire_later(self, served: ServedModel) -> None:
+        await asyncio.sleep(self.retire_seconds)
+        await self._shut(served)
+
+    @staticmethod
+    async def _shut(served: ServedModel) -> None:
+        await served.batcher.close()  # finish what it had accepted
+        if served.executor is not None:
+            served.executor.shutdown(wait=False)  # idle now: its threads exit
+
+    async def poll(self, interval: float, on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
+        """Refresh every `interval` seconds, forever (cancel to stop); `on_change(serving)` is
+        awaited when the store goes from some loaded model to none, or back."""
+        serving = bool(self.repo.models)
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.refresh()
-            except OSError as err:  # the store itself unreadable for a moment
-                log.warning("model store scan failed: %s", err)
+            except Exception:  # noqa: BLE001 - the poller must outlive one bad round
+                self.metrics.store_scan_failures.inc()
+                log.exception("model store refresh failed")
+            now = bool(self.repo.models)
+            if now != serving and on_change is not None:
+                serving = now
+                await on_change(now)
+
+    async def drained(self) -> None:
+        """Wait until every version replaced or removed so far has been drained."""
+        await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
     async def close(self) -> None:
-        for served in self.repo.entries():
-            await served.batcher.close()
+        """Drain every served and retiring model, and stop their threads."""
+        retiring = list(self._retiring.values())
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*(self._shut(s) for s in retiring + self.repo.entries()))

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 
-from training.cli import main
+from advguard.cli.main import main
 
 
-def test_attack_cli_saves_images_predictions_success_and_grid(trained_run, tmp_path, capsys):
+def test_attack_saves_images_predictions_success_and_grid(trained_run, tmp_path, capsys):
     out, grid = tmp_path / "adv.npz", tmp_path / "adv.png"
     rc = main(["attack", "--attack", "pgd", "--eps", "0.1", "--model", str(trained_run), "--n", "48",
                "--batch-size", "32", "--option", "steps=5", "--option", "alpha=0.03",
@@ -24,7 +24,7 @@ def test_attack_cli_saves_images_predictions_success_and_grid(trained_run, tmp_p
     assert "accuracy" in printed and "->" in printed
 
 
-def test_attack_cli_targeted_and_gma_report(trained_run, tmp_path, capsys):
+def test_attack_targeted_and_gma_report(trained_run, tmp_path, capsys):
     out = tmp_path / "t.npz"
     assert main(["attack", "--attack", "fgsm", "--eps", "0.1", "--model", str(trained_run), "--n", "16",
                  "--option", "targeted=true", "--option", "targets=least-likely", "--out", str(out)]) == 0
@@ -38,7 +38,7 @@ def test_attack_cli_targeted_and_gma_report(trained_run, tmp_path, capsys):
     assert "eps 1.0e-01: accuracy" in capsys.readouterr().out
 
 
-def test_attack_cli_rejects_eps_for_attacks_without_it(trained_run, tmp_path, capsys):
+def test_attack_rejects_eps_for_attacks_without_it(trained_run, tmp_path, capsys):
     rc = main(["attack", "--attack", "cw", "--eps", "0.1", "--model", str(trained_run), "--n", "4",
                "--out", str(tmp_path / "x.npz")])
     assert rc == 2

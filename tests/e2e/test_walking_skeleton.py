@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 from tests.support import encode_image, free_port
 
-ADVGUARD = [sys.executable, "-m", "training.cli"]
+ADVGUARD = [sys.executable, "-m", "advguard.cli.main"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

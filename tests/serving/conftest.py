@@ -55,7 +55,7 @@ class ServerProcess:
 
 def start_server(store: Path, log: Path, *args: str, env: dict | None = None) -> ServerProcess:
     """`advguard serve` on free ports; returns once it printed its ready line (all bundles loaded)."""
-    cmd = [sys.executable, "-m", "training.cli", "serve", "--store", str(store), "--port", "0",
+    cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", str(store), "--port", "0",
            "--metrics-port", "0", "--threads", "1", *args]
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -118,7 +118,10 @@ def server(serving_store, tmp_path_factory):
     """One server for the session's API, input, load and metrics tests."""
     log = tmp_path_factory.mktemp("logs") / "server.log"
     args = [f"--{key.replace('_', '-')}={value}" for key, value in LIMITS.items()]
-    proc = start_server(serving_store, log, "--default-model", "fmnist-guarded", "--poll-seconds", "0", *args)
+    # an operator's server: full disclosure and skip_guard allowed, so the tests see every field
+    # (the defaults, verdict-only and no skip_guard, are tested in test_security.py)
+    proc = start_server(serving_store, log, "--default-model", "fmnist-guarded", "--poll-seconds", "0",
+                        "--disclosure", "full", "--allow-skip-guard", *args)
     yield proc
     code, _ = proc.stop()
     assert code == 0, proc.log_text()

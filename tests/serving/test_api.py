@@ -34,7 +34,7 @@ def test_classify_answers_with_class_verdict_detectors_and_version(stub, clean_i
     assert reply.verdict in (guard_pb2.CLEAN, guard_pb2.ADVERSARIAL)
     assert [d.name for d in reply.detectors] == ["feature-squeezing", "low-confidence"]
     for d in reply.detectors:
-        assert d.threshold > 0 and d.calibrated_fpr == pytest.approx(0.05)
+        assert d.threshold > 0 and 0 < d.calibrated_fpr <= 0.05  # its share of the verdict's 5%
         assert d.flagged == (d.score > d.threshold)
     assert reply.attack_score == pytest.approx(max(d.score / d.threshold for d in reply.detectors), rel=1e-5)
     assert (reply.verdict == guard_pb2.ADVERSARIAL) == any(d.flagged for d in reply.detectors)

@@ -8,7 +8,7 @@ from tests.support import encode_image
 
 
 def classify(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.cli", "classify", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "advguard.cli.main", "classify", *args], capture_output=True,
                           text=True, timeout=120, env=env)
 
 

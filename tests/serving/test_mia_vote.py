@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_module")]
 @pytest.fixture(scope="module")
 def mia_bundle(trained_run, mia_run, tmp_path_factory):
     """`trained_run` exported by the CLI with all three detectors, the MIA graph from `mia_run`."""
-    from training.cli import main
+    from advguard.cli.main import main
 
     store = tmp_path_factory.mktemp("mia-store")
     code = main(["export", "--run", str(trained_run), "--name", "fmnist-mia", "--store", str(store),

@@ -36,7 +36,7 @@ def test_health_and_metadata(client):
     assert list(meta.versions) == ["1"]
     assert (meta.inputs[0].name, meta.inputs[0].datatype, list(meta.inputs[0].shape)) == ("input", "FP32", [-1, 1, 28, 28])
     assert [o.name for o in meta.outputs] == ["probabilities", "class_index", "class_name", "verdict", "attack_score",
-                                              "detector_scores", "detector_flags"]
+                                              "detector_scores", "detector_flags", "answered_by"]
 
 
 def test_model_infer_gives_class_and_verdict_like_classify(client, server, clean_images):

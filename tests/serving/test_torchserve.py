@@ -1,6 +1,7 @@
 """TorchServe (real Java server on loopback) serving an advguard .mar with our handler."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -44,36 +45,42 @@ def wait_ready(url: str, deadline: float) -> None:
     raise TimeoutError(f"TorchServe model not READY at {url}")
 
 
-@pytest.fixture(scope="module")
-def torchserve(trained_run, tmp_path_factory):
-    from training.export import export_bundle
-    from training.export.calibrate import GuardSpec
-
+@contextlib.contextmanager
+def run_torchserve(work: Path, mar: Path, name: str):
+    """TorchServe on free loopback ports serving `mar` as `name`: {"url", "management"}."""
     if shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)")
-    work = tmp_path_factory.mktemp("torchserve")
-    bundle = export_bundle(trained_run, name="tsmodel", store=work / "store",
-                           guard=GuardSpec(detectors=("feature-squeezing", "low-confidence"), max_images=500),
-                           torchserve=True)
-    mar = bundle / "tsmodel.mar"
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    ports = {kind: free_port() for kind in ("inference", "management", "metrics")}
     config = work / "config.properties"
-    config.write_text("\n".join([f"{name}_address=http://127.0.0.1:{port}" for name, port in ports.items()]
+    config.write_text("\n".join([f"{kind}_address=http://127.0.0.1:{port}" for kind, port in ports.items()]
                                 + ["default_workers_per_model=1", "disable_system_metrics=true"]) + "\n")
     proc = subprocess.Popen([str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                              "--ts-config", str(config), "--model-store", str(mar.parent),
-                             "--models", f"tsmodel={mar.name}"],
+                             "--models", f"{name}={mar.name}"],
                             cwd=work, stdout=open(work / "ts.log", "w"), stderr=subprocess.STDOUT,
                             env={"PATH": f"{BIN}:/usr/bin:/bin", "JAVA_HOME": "/usr/lib/jvm/default-java"}
                             if Path("/usr/lib/jvm/default-java").exists() else None)
+    management = f"http://127.0.0.1:{ports['management']}"
     try:
-        wait_ready(f"http://127.0.0.1:{ports['management']}/models/tsmodel", time.monotonic() + 120)
-        yield {"url": f"http://127.0.0.1:{ports['inference']}/predictions/tsmodel", "bundle": bundle}
+        wait_ready(f"{management}/models/{name}", time.monotonic() + 120)
+        yield {"url": f"http://127.0.0.1:{ports['inference']}/predictions/{name}", "management": management}
     finally:
         subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=work, capture_output=True, timeout=60)
         proc.terminate()
         proc.wait(timeout=60)
 
+
+@pytest.fixture(scope="module")
+def torchserve(trained_run, tmp_path_factory):
+    from training.export import export_bundle
+    from training.export.calibrate import GuardSpec
+
+    work = tmp_path_factory.mktemp("torchserve")
+    bundle = export_bundle(trained_run, name="tsmodel", store=work / "store",
+                           guard=GuardSpec(detectors=("feature-squeezing", "low-confidence"), max_images=500),
+                           torchserve=True)
+    with run_torchserve(work, bundle / "tsmodel.mar", "tsmodel") as ts:
+        yield {**ts, "bundle": bundle}
 
 
 def test_torchserve_answers_like_the_grpc_core(torchserve, fmnist_small):
@@ -106,3 +113,56 @@ def test_wrk_load_counts_answers_and_http_errors(torchserve, fmnist_small):
     assert 0 < good.percentile(50) <= good.percentile(99)
     bad = wrk.post_load(torchserve["url"], b"definitely not an image", "application/octet-stream", 1.0, 2)
     assert bad.ok == 0 and bad.codes["HTTP non-2xx"] > 0
+
+
+def test_describe_shows_the_bundle_and_its_card(torchserve):
+    """The management API's customized description comes from the handler: roles and card."""
+    with urllib.request.urlopen(f"{torchserve['management']}/models/tsmodel?customized=true", timeout=30) as reply:
+        described = json.loads(reply.read())
+    custom = described[0]["customizedMetadata"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    assert custom["model"] == "tsmodel"
+    assert {f["role"] for f in custom["files"]} == {"primary"}
+    assert custom["guard"]["detectors"] == ["feature-squeezing", "low-confidence"]
+    assert "robustness" in custom
+
+
+def test_a_rejected_image_is_withheld_alike_by_every_front_end(serving_store, server, tmp_path_factory, fmnist_small):
+    """One image under the `reject` action through the advguard API, the Open Inference Protocol
+    and TorchServe: all three withhold the class, its name and the probabilities, and show the
+    same verdict, action and answering model (one answer builder, serving.answer)."""
+    import grpc
+    import tritonclient.grpc as tc
+
+    from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+    from training.export.torchserve import build_mar
+
+    body = encode_image(fmnist_small.test.x[0, 0].numpy())
+    with grpc.insecure_channel(server.target) as channel:
+        ours = guard_pb2_grpc.GuardedClassifierStub(channel).Classify(
+            guard_pb2.ClassifyRequest(model="fmnist-reject", image=guard_pb2.Image(encoded=body)), timeout=30)
+    assert ours.class_index == -1 and ours.class_name == "" and len(ours.probabilities) == 0
+    assert guard_pb2.Verdict.Name(ours.verdict) == "ADVERSARIAL" and ours.action == "reject"
+
+    client = tc.InferenceServerClient(server.target)
+    tensor = tc.InferInput("input", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([body], dtype=object))
+    oip = client.infer("fmnist-reject", [tensor])
+    client.close()
+    assert oip.as_numpy("class_index").tolist() == [-1] and oip.as_numpy("class_name").tolist() == [b""]
+    assert not oip.as_numpy("probabilities").any()  # a tensor row cannot be omitted: zeros
+    assert oip.as_numpy("verdict").tolist() == [b"ADVERSARIAL"]
+
+    work = tmp_path_factory.mktemp("torchserve-reject")
+    mar = build_mar(serving_store / "fmnist-reject" / "1", work / "mars")
+    with run_torchserve(work, mar, "fmnist-reject") as ts:
+        status, answer = post(ts["url"], body)
+    assert status == 200, answer
+    assert answer["class_index"] == -1 and answer["rejected"] is True
+    assert "class_name" not in answer and "probabilities" not in answer
+    assert answer["verdict"] == "ADVERSARIAL" and answer["action"] == "reject"
+    # the fields every front end shows agree
+    assert ours.answered_by == oip.as_numpy("answered_by")[0].decode() == answer["answered_by"] == "model.onnx"
+    assert answer["detectors"][0]["calibrated_fpr"] == ours.detectors[0].calibrated_fpr
+    assert abs(answer["attack_score"] - ours.attack_score) < 1e-5
+    assert abs(float(oip.as_numpy("attack_score")[0]) - ours.attack_score) < 1e-5

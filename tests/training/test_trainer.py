@@ -3,8 +3,7 @@ import json
 import torch
 
 from training.checkpoint import load_model
-from training.models import create_model
-from training.train_cli import model_spec_for
+from training.models import create_model, model_spec_for
 from training.trainer import TrainConfig, fit
 
 

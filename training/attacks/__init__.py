@@ -2,7 +2,7 @@
 
 Registered explicitly here (no import-time magic): `create_attack("pgd", model, eps=0.1)`.
 """
-from training.attacks.base import Attack, AttackConfig, eval_mode
+from training.attacks._base import Attack, AttackConfig, eval_mode
 from training.attacks.bim import BIM, BIMConfig
 from training.attacks.cw import CW, CWConfig
 from training.attacks.fgsm import FGSM, FGSMConfig
@@ -11,9 +11,9 @@ from training.attacks.lbfgs import LBFGS, LBFGSConfig
 from training.attacks.npixel import NPixel, NPixelConfig, NPixelResult
 from training.attacks.patch import AdversarialPatch, PatchConfig, save_png
 from training.attacks.pgd import PGD, PGDConfig
-from training.attacks.registry import attack_class, create_attack, known_attacks, register_attack
+from training.attacks._registry import attack_class, create_attack, known_attacks, register_attack
 from training.attacks.square import Square, SquareConfig, SquareResult
-from training.attacks.targets import (
+from training.attacks._targets import (
     every_other_class, least_likely_targets, random_targets, select_targets,
 )
 

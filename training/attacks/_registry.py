@@ -5,7 +5,7 @@ from typing import Callable
 
 from torch import nn
 
-from training.attacks.base import Attack
+from training.attacks._base import Attack
 
 _ATTACKS: dict[str, type[Attack]] = {}
 

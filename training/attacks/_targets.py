@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.attacks.base import eval_mode
+from training.attacks._base import eval_mode
 
 TARGET_MODES = ("random", "least-likely")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from training.attacks.base import Attack, AttackConfig
-from training.attacks.fusion import fused_eval_view
-from training.attacks.losses import LOSSES, attack_loss
+from training.attacks._base import Attack, AttackConfig
+from training.attacks._fusion import fused_eval_view
+from training.attacks._losses import LOSSES, attack_loss
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from training.attacks.base import Attack, AttackConfig
-from training.attacks.losses import attack_loss
+from training.attacks._base import Attack, AttackConfig
+from training.attacks._losses import attack_loss
 
 
 @dataclass(frozen=True)

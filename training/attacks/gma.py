@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from training.attacks.base import Attack, AttackConfig, eval_mode
-from training.attacks.losses import LOSSES
+from training.attacks._base import Attack, AttackConfig, eval_mode
+from training.attacks._losses import LOSSES
 from training.attacks.pgd import PGD
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from training.attacks.base import Attack, AttackConfig
-from training.attacks.fusion import fused_eval_view
-from training.attacks.losses import attack_loss, succeeded
+from training.attacks._base import Attack, AttackConfig
+from training.attacks._fusion import fused_eval_view
+from training.attacks._losses import attack_loss, succeeded
 
 log = logging.getLogger(__name__)
 

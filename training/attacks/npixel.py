@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from training.attacks.base import Attack, AttackConfig, eval_mode
-from training.attacks.fusion import fused_eval_view
-from training.attacks.local_eval import LocalEvaluator
-from training.attacks.losses import succeeded
+from training.attacks._base import Attack, AttackConfig, eval_mode
+from training.attacks._fusion import fused_eval_view
+from training.attacks._local_eval import LocalEvaluator
+from training.attacks._losses import succeeded
 
 log = logging.getLogger(__name__)
 

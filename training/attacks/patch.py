@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.attacks.base import Attack, AttackConfig, eval_mode
-from training.attacks.fusion import fused_eval_view
-from training.attacks.losses import attack_loss
+from training.attacks._base import Attack, AttackConfig, eval_mode
+from training.attacks._fusion import fused_eval_view
+from training.attacks._losses import attack_loss
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training import ddp
+from training import distributed
 from training.attacks import create_attack
 from training.checkpoint import MODEL_FILE, load_model, save_model, write_json
 from training.data import Split, Splits
-from training.models import ModelSpec, create_model
+from training.models import ModelSpec, create_model, model_spec_for
 from training.defenses.base import Defense
 from training.trainer import BatchLoss, TrainConfig, fit
 
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 def build_model(model_name: str, splits: Splits, seed: int) -> tuple[nn.Module, ModelSpec]:
     """A freshly initialized registered model for `splits` (seeded)."""
-    from training.train_cli import model_spec_for
-
     spec = model_spec_for(model_name, splits)
     torch.manual_seed(seed)
     return create_model(spec), spec
@@ -51,7 +49,7 @@ class StepSeeds:
 
     def __call__(self) -> int:
         self._next += 1
-        return self._next * ddp.world_size() + ddp.rank()
+        return self._next * distributed.world_size() + distributed.rank()
 
 
 def project_linf(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
@@ -86,8 +84,8 @@ def adversarial_split(model: nn.Module, split: Split, attack: str, eps: float, s
 
 def finalize(out_dir: Path, model: nn.Module, spec: ModelSpec, metrics: dict) -> dict:
     """(Re)write model.pt and metrics.json with `metrics` (rank 0 only; no-op elsewhere)."""
-    if ddp.rank() == 0:
-        save_model(Path(out_dir) / MODEL_FILE, ddp.unwrap(model), spec, {"metrics": metrics})
+    if distributed.rank() == 0:
+        save_model(Path(out_dir) / MODEL_FILE, distributed.unwrap(model), spec, {"metrics": metrics})
         write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
@@ -99,20 +97,20 @@ def run_training(defense, model: nn.Module, spec: ModelSpec, splits: Splits, con
     """`training.trainer.fit` with the defence's loss, recording the defence's config.
 
     Under torchrun the model is wrapped in DDP, each rank trains on its shard and rank 0
-    writes the run folder with the unwrapped model (see `training.ddp`).
+    writes the run folder with the unwrapped model (see `training.distributed`).
     """
     record = {**(run_config or {}), **defense.describe()}
-    n = ddp.world_size()
+    n = distributed.world_size()
     if n > 1:
         record["ddp"] = {"world_size": n, "backend": "gloo", "global_batch_size": config.batch_size}
-    local_splits, local_config = ddp.shard(splits, config)
-    metrics = fit(ddp.wrap(model), spec, local_splits, local_config, ddp.rank_dir(out_dir),
+    local_splits, local_config = distributed.shard(splits, config)
+    metrics = fit(distributed.wrap(model), spec, local_splits, local_config, distributed.rank_dir(out_dir),
                   batch_loss=batch_loss, run_config=record, resume=resume, trainable=trainable,
                   after_step=after_step)
     if n > 1:
-        metrics.update(world_size=n, train_size=len(splits.train), replicas_in_sync=ddp.replicas_in_sync(model))
+        metrics.update(world_size=n, train_size=len(splits.train), replicas_in_sync=distributed.replicas_in_sync(model))
         finalize(out_dir, model, spec, metrics)
-        ddp.finish(out_dir)
+        distributed.finish(out_dir)
     return metrics
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from training.attacks import eval_mode
 from training.data import Split, Splits
-from training.ddp import rank
+from training.distributed import rank
 from training.defenses.base import Defense, DefenseConfig
 from training.defenses.common import build_model, finalize, run_training
 from training.trainer import TrainConfig

@@ -14,7 +14,7 @@ from torch import nn
 
 from training.attacks import PGD, eval_mode
 from training.data import Split, Splits
-from training.ddp import agree, rank, shard, unwrap
+from training.distributed import agree, rank, shard, unwrap
 from training.defenses.base import Defense, DefenseConfig
 from training.defenses.common import StepSeeds, build_model, finalize, project_linf, run_training
 from training.trainer import TrainConfig

@@ -14,7 +14,7 @@ from torch import nn
 from training.attacks import FGSM, PGD
 from training.checkpoint import write_json
 from training.data import Splits
-from training.ddp import rank, unwrap
+from training.distributed import rank, unwrap
 from training.defenses.base import Defense, DefenseConfig
 from training.defenses.common import (
     StepSeeds, adversarial_split, auto_alpha, finalize, load_base, run_training,

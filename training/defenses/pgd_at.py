@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from training.attacks import PGD
-from training.ddp import unwrap
+from training.distributed import unwrap
 from training.defenses.base import DefenseConfig
 from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.attacks import eval_mode
-from training.ddp import unwrap
+from training.distributed import unwrap
 from training.defenses.base import DefenseConfig
 from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha, project_linf
 

@@ -13,7 +13,6 @@ from training.checkpoint import read_json
 from training.checkpoint import load_model
 from training.data import DataConfig, load_splits
 from training.export.calibrate import GuardSpec, calibrate
-from training.export.mia_detector import MIA_DETECTOR, check_mia_request, export_mia_detector, load_mia_run
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,9 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     The version is assembled in a hidden staging folder and renamed into place at the end, so a
     server polling the store never sees a half-written version.
     """
+    # imported here, not at the top: training.defenses.mia.export imports training.export back
+    from training.defenses.mia.detector import MIA_DETECTOR, check_mia_request, export_mia_detector, load_mia_run
+
     run = Path(run)
     check_mia_request(_detector_names(guard), mia_run)
     model, spec = load_model(run)

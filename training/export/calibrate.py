@@ -53,40 +53,93 @@ class GuardSpec:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
 
 
-def detector_scores(model: OnnxModel, x: np.ndarray, detectors: list, batch_size: int = 512) -> np.ndarray:
-    """N x D scores of `detectors` on images `x` (N x C x H x W float32 in [0, 1])."""
+def detector_scores(model: OnnxModel, x: np.ndarray, detectors: list, batch_size: int = 512,
+                    reference: OnnxModel | None = None) -> np.ndarray:
+    """N x D scores of `detectors` on images `x` (N x C x H x W float32 in [0, 1]), computed as
+    the server computes them (`reference`: the bundle's reference model, for detectors that
+    compare models)."""
     views: dict = {}
     for detector in detectors:
         views.update(detector.views)
+    needs_reference = any(getattr(d, "needs_reference", False) for d in detectors)
     columns = []
     for start in range(0, len(x), batch_size):
         batch = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
-        outputs = model_outputs(model, batch, views)
+        outputs = model_outputs(model, batch, views, reference if needs_reference else None)
         columns.append(np.stack([np.asarray(d.score(batch, outputs), dtype=np.float32) for d in detectors], axis=1))
     return np.concatenate(columns)
 
 
-def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str = "validation",
-              bundle_dir: Path | None = None) -> dict:
-    """The manifest's `guard` section, thresholds set on `x_clean` to `spec.target_fpr`.
+def verdict_flags(scores: np.ndarray, thresholds: np.ndarray, policy: str) -> np.ndarray:
+    """N bools: the verdict is ADVERSARIAL (what the server flags) for these scores."""
+    votes = (scores > thresholds.astype(np.float32)[None, :]).sum(axis=1)
+    needed = 1 if policy == "any" else scores.shape[1] // 2 + 1
+    return votes >= needed
 
-    `bundle_dir`: where detectors that own a model file (mia-vote) find it; the same rule holds
-    for every detector, including mia-vote, whose vote-share score is discrete (see
-    `serving/guard/mia_vote.py`: its measured rate can sit below the target, never above it)."""
+
+def joint_thresholds(scores: np.ndarray, target_fpr: float, policy: str, iterations: int = 40) -> tuple[np.ndarray, float]:
+    """Thresholds for the D columns of `scores` (clean images) such that the *verdict* after
+    `policy` flags at most `target_fpr` of them: every detector gets the same own rate r, the
+    largest for which the verdict's rate stays within the target (bisection; the verdict's rate
+    grows with r). Returns (thresholds, r)."""
+    d = scores.shape[1]
+    if d == 0:
+        return np.zeros(0), 0.0
+
+    def at(rate: float) -> np.ndarray:
+        return np.array([threshold_for_fpr(scores[:, j], rate) for j in range(d)])
+
+    low, high = 0.0, (target_fpr if policy == "any" else 0.999)  # under 'any' no detector may exceed the target
+    if np.mean(verdict_flags(scores, at(high), policy)) <= target_fpr:
+        low = high
+    else:
+        for _ in range(iterations):
+            mid = (low + high) / 2
+            if np.mean(verdict_flags(scores, at(mid), policy)) <= target_fpr:
+                low = mid
+            else:
+                high = mid
+    return at(low), low
+
+
+def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str = "validation",
+              bundle_dir: Path | None = None, reference: OnnxModel | None = None,
+              x_fresh: np.ndarray | None = None, fresh_split: str = "test") -> dict:
+    """The manifest's `guard` section: thresholds set jointly on `x_clean` so that the verdict
+    flags at most `spec.target_fpr` of them (see `joint_thresholds`), with the verdict's measured
+    rate on those images and, given `x_fresh`, on fresh clean images; and each detector's own rate.
+
+    `bundle_dir`: where detectors that own a model file (mia-vote) find it; `reference`: the
+    bundle's reference model (disagreement). Discrete scores (mia-vote's vote share) can leave
+    the measured rate below the target, never above it on the calibration images."""
     if spec.max_images is not None:
         x_clean = x_clean[:spec.max_images]
     detectors = [create_detector(name, spec.options.get(name, {}), bundle_dir) for name in spec.detectors]
-    scores = detector_scores(model, x_clean, detectors) if detectors else np.zeros((len(x_clean), 0))
+    scores = detector_scores(model, x_clean, detectors, reference=reference) if detectors else np.zeros((len(x_clean), 0))
+    thresholds, own_rate = joint_thresholds(scores, spec.target_fpr, spec.policy)
+    fresh = (detector_scores(model, x_fresh, detectors, reference=reference)
+             if detectors and x_fresh is not None else None)
     entries = []
     for j, detector in enumerate(detectors):
-        threshold = threshold_for_fpr(scores[:, j], spec.target_fpr)
+        threshold = float(thresholds[j])
         measured = float(np.mean(scores[:, j] > np.float32(threshold)))
-        if measured == 0.0 and spec.target_fpr * len(x_clean) >= 1:
-            log.warning("%s flags none of the %d calibration images at target FPR %.3g: more than that share "
-                        "ties at its highest clean score %.4g, the threshold, so it may never fire (mia-vote: "
-                        "unanimous votes on clean images; train a stronger ensemble or raise --target-fpr)",
-                        detector.name, len(x_clean), spec.target_fpr, threshold)
-        entries.append({"name": detector.name, "threshold": threshold, "target_fpr": spec.target_fpr,
-                        "options": detector.options(),
-                        "calibration": {"split": split, "images": int(len(x_clean)), "measured_fpr": measured}})
-    return {"detectors": entries, "policy": spec.policy, "action": spec.action}
+        if measured == 0.0 and own_rate * len(x_clean) >= 1:
+            log.warning("%s flags none of the %d calibration images at its share %.3g of the FPR budget: more "
+                        "than that share ties at its highest clean score %.4g, the threshold, so it may never "
+                        "fire (mia-vote: unanimous votes on clean images; train a stronger ensemble or raise "
+                        "--target-fpr)", detector.name, len(x_clean), own_rate, threshold)
+        entry = {"name": detector.name, "threshold": threshold, "target_fpr": round(own_rate, 6),
+                 "options": detector.options(),
+                 "calibration": {"split": split, "images": int(len(x_clean)), "measured_fpr": measured}}
+        if fresh is not None:
+            entry["fresh"] = {"split": fresh_split, "images": int(len(x_fresh)),
+                              "measured_fpr": float(np.mean(fresh[:, j] > np.float32(threshold)))}
+        entries.append(entry)
+    verdict = {"target_fpr": spec.target_fpr, "detector_rate": round(own_rate, 6),
+               "calibration": {"split": split, "images": int(len(x_clean)),
+                               "measured_fpr": float(np.mean(verdict_flags(scores, thresholds, spec.policy)))
+                               if detectors else 0.0}}
+    if fresh is not None:
+        verdict["fresh"] = {"split": fresh_split, "images": int(len(x_fresh)),
+                            "measured_fpr": float(np.mean(verdict_flags(fresh, thresholds, spec.policy)))}
+    return {"detectors": entries, "policy": spec.policy, "action": spec.action, "verdict": verdict}

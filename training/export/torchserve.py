@@ -20,7 +20,7 @@ def build_mar(bundle_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir or bundle_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     archiver = shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver")
-    files = [str(bundle.path / MANIFEST)] + [str(bundle.path / m.file) for m in bundle.models]
+    files = [str(bundle.path / MANIFEST)] + list(dict.fromkeys(str(bundle.path / m.file) for m in bundle.models))
     command = [archiver, "--model-name", bundle.name, "--version", bundle.version,
                "--handler", str(HANDLER), "--extra-files", ",".join(files),
                "--export-path", str(out_dir), "--force"]

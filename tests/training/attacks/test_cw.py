@@ -1,8 +1,7 @@
 import torch
 
-from training.attacks import CW, PGD
-from training.attacks.losses import succeeded
-from training.attacks.targets import random_targets
+from training.attacks import CW, PGD, random_targets
+from training.attacks._losses import succeeded
 
 from .conftest import assert_valid
 

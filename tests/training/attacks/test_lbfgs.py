@@ -1,7 +1,6 @@
 import torch
 
-from training.attacks import LBFGS
-from training.attacks.targets import random_targets
+from training.attacks import LBFGS, random_targets
 
 from .conftest import assert_valid
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from training.attacks import NPixel
-from training.attacks.local_eval import LocalEvaluator
+from training.attacks._local_eval import LocalEvaluator
 from training.models import ModelSpec, create_model
 
 from .conftest import assert_valid

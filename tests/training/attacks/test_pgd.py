@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from training.attacks import PGD
-from training.attacks.losses import succeeded
-from training.attacks.targets import random_targets
+from training.attacks import PGD, random_targets
+from training.attacks._losses import succeeded
 
 from .conftest import accuracy, assert_valid
 
@@ -15,8 +14,7 @@ def standard_model(tmp_path_factory):
     (ours, torchattacks' PGD, Square: its trousers survive), so the issue's "< 10%" is checked
     on a properly trained model."""
     from training.data import DataConfig, load_splits
-    from training.models import create_model
-    from training.train_cli import model_spec_for
+    from training.models import create_model, model_spec_for
     from training.trainer import TrainConfig, fit
 
     splits = load_splits(DataConfig(val_size=1000, limit_train=20000, limit_test=200))

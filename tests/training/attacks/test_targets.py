@@ -1,6 +1,6 @@
 import torch
 
-from training.attacks.targets import every_other_class, least_likely_targets, random_targets, select_targets
+from training.attacks import every_other_class, least_likely_targets, random_targets, select_targets
 
 
 def test_random_targets_differ_from_labels_and_are_seeded():

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_pgd_at_under_torchrun_with_two_gloo_processes(tmp_path, defense_splits):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.ddp",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "advguard.cli.distributed",
            "--defense", "pgd-at", "--model", "mnist-shallow", "--epochs", "1", "--batch-size", "64",
            "--lr", "3e-3", "--limit-train", "512", "--limit-test", "256",
            "--option", "steps=2", "--option", "eps=0.1", "--out", str(out)]

@@ -46,13 +46,3 @@ def test_logit_scaling_unmasks_a_saturated_softmax(trained_model, fmnist_small):
     assert report.gradient_masking_suspected
     x = fmnist_small.test.x[:4]
     assert torch.allclose(ScaledLogits(masked, 1e4)(x), model(x), atol=1e-3)
-
-
-def test_evaluate_cli_pgd40_suite(trained_run, tmp_path):
-    from training.cli import main
-
-    assert main(["evaluate", "--model", str(trained_run), "--suite", "pgd40", "--restarts", "2", "--n", "32",
-                 "--limit-test", "32", "--out", str(tmp_path)]) == 0
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert [a["label"] for a in saved["attacks"]] == ["PGD-40 CE x2"]
-    assert saved["attacks"][0]["robust_accuracy"] < saved["clean_accuracy"]

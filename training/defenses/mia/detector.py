@@ -2,7 +2,7 @@
 
 `advguard export --run runs/x --name n --detectors feature-squeezing,low-confidence,mia-vote
 --mia-run runs/mia` exports the ensemble of `runs/mia` (`advguard train --defense mia`) as one
-ONNX graph (`training/defenses/mia_export.py`) into the bundle, checks it against PyTorch, and
+ONNX graph (`training/defenses/mia/export.py`) into the bundle, checks it against PyTorch, and
 lists it under the manifest's `models` (role `detector`, SHA-256) for the guard to load.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from serving.bundle import BundleError, sha256_file
 from serving.guard.mia_vote import MIA_FILE, MIAVote
 from training.checkpoint import MODEL_FILE, load_model, read_json
-from training.defenses.mia_export import OUTPUTS, export_mia_onnx, mia_onnx_parity
+from training.defenses.mia.ensemble import MIAEnsemble
+from training.defenses.mia.export import OUTPUTS, export_mia_onnx, mia_onnx_parity
 from training.export.onnx_export import OPSET
-from training.models.mia_ensemble import MIAEnsemble
 
 log = logging.getLogger(__name__)
 MIA_DETECTOR = MIAVote.name

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.registry import ModelSpec, create_model, register_model
+from training.models.registry import ModelSpec, create_model
 
 TIE_BREAKS = ("probability", "adversarial")
 
@@ -92,9 +92,10 @@ class SoftEnsemble(nn.Module):
         return self.ensemble.soft_log_probs(x)
 
 
-@register_model("mia-ensemble")
 def mia_ensemble(spec: ModelSpec) -> MIAEnsemble:
-    """spec.options: members (list of ModelSpec dicts), tie_break ('probability')."""
+    """The model registry's "mia-ensemble" (registered by `training.defenses`).
+
+    spec.options: members (list of ModelSpec dicts), tie_break ('probability')."""
     specs = [ModelSpec.from_dict(m) for m in spec.options.get("members", [])]
     for member in specs:
         if member.num_classes != spec.num_classes:

@@ -1,6 +1,6 @@
 """Evaluate a trained `mia` run beyond its training attacks.
 
-    python -m training.defenses.mia_eval --run runs/mia \\
+    python -m training.defenses.mia.eval --run runs/mia \\
         --unseen "square:eps=0.1;max_queries=1000,npixel:pixels=3;popsize=100;steps=30" \\
         --adaptive-eps 0.1 --adaptive-steps 40 --out runs/mia/eval
 
@@ -22,9 +22,10 @@ import torch
 
 from training.checkpoint import load_model, read_json, write_json
 from training.data import DataConfig, Split, load_splits
-from training.defenses.mia_data import AdversarialSet, craft_per_attack, parse_attacks
-from training.defenses.mia_metrics import pct, detection_report, detection_table, predict
-from training.models.mia_ensemble import MIAEnsemble, SoftEnsemble
+from training.defenses.mia.craft import craft_per_attack
+from training.defenses.mia.data import AdversarialSet, parse_attacks
+from training.defenses.mia.ensemble import MIAEnsemble, SoftEnsemble
+from training.defenses.mia.metrics import detection_report, detection_table, pct, predict
 
 log = logging.getLogger(__name__)
 

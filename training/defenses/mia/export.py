@@ -3,7 +3,8 @@
 - `logits` (N x K+1): log of the decision scores (softmax = smoothed vote shares; argmax = the
   decision, tie rule included), first so that serving's engine, which reads output 0, works;
 - `votes` (N x K+1): how many members voted for each class;
-- `adversarial_score` (N): share of members voting "adversarial" (the guard's detector score).
+- `adversarial_score` (N, `serving.guard.mia_vote.SCORE_OUTPUT`): share of members voting
+  "adversarial" (the guard's detector score).
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from serving.guard.mia_vote import SCORE_OUTPUT
+from training.defenses.mia.ensemble import MIAEnsemble
 from training.export.onnx_export import INPUT_NAME, OPSET
-from training.models.mia_ensemble import MIAEnsemble
 
-OUTPUTS = ("logits", "votes", "adversarial_score")
+# the detector score's name is serving's (the torch-free reader of the graph), defined there once
+OUTPUTS = ("logits", "votes", SCORE_OUTPUT)
 
 
 class MIAGraph(nn.Module):
@@ -59,5 +62,5 @@ def mia_onnx_parity(ensemble: MIAEnsemble, path: Path, images: torch.Tensor) -> 
         "decisions_equal": float((got["logits"].argmax(1) == want["logits"].argmax(1)).mean()),
         "votes_equal": bool(np.array_equal(got["votes"], want["votes"])),
         "max_abs_logit_diff": float(np.abs(got["logits"] - want["logits"]).max()),
-        "max_abs_score_diff": float(np.abs(got["adversarial_score"] - want["adversarial_score"]).max()),
+        "max_abs_score_diff": float(np.abs(got[SCORE_OUTPUT] - want[SCORE_OUTPUT]).max()),
     }

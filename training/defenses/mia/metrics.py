@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from training.data import Split
-from training.defenses.mia_data import AdversarialSet
+from training.defenses.mia.data import AdversarialSet
 
 
 @torch.no_grad()

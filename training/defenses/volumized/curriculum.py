@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.volumizer_metrics import METRICS, STANDALONE, metric_values, sort_key
+from training.defenses.volumized.metrics import METRICS, STANDALONE, metric_values, sort_key
 
 PACINGS = ("none", "linear", "root", "step", "sorted")
 

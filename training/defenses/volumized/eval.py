@@ -1,6 +1,6 @@
 """Volumized 3D CNN against the undefended model under localized attacks (paper 004's metrics).
 
-    python -m training.defenses.volumized_eval --defended runs/volumized --undefended runs/fmnist-cnn \\
+    python -m training.defenses.volumized.eval --defended runs/volumized --undefended runs/fmnist-cnn \\
         --n 1000 --pixels 1-16 --patch-scales 0.05,0.10,0.15,0.20,0.25 --out docs/results/volumized
 
 Per model, on the first --n test images: acc_clean; N-pixel (Su et al., differential evolution,
@@ -21,8 +21,8 @@ import torch
 from training.attacks import AdversarialPatch, NPixel
 from training.checkpoint import load_model, read_json, write_json
 from training.data import DataConfig, load_splits
-from training.defenses.mia_data import parse_attacks
-from training.defenses.mia_metrics import predict
+from training.defenses.mia.data import parse_attacks
+from training.defenses.mia.metrics import predict
 from training.models import count_parameters
 from training.options import build_config
 

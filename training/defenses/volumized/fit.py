@@ -1,11 +1,11 @@
 """`volumized`: paper 004's volumized 3D CNN, trained with the PAL loss and a curriculum.
 
 `advguard train --defense volumized --model fmnist-cnn --option metric=mi` builds the 3D
-counterpart of the 2D model (`training.models.volumetric`), volumizes every image inside the
-model (`training.volumizer`), trains on the sum of per-slice cross-entropies (PAL) and feeds
-the samples of each epoch in a syllabus order (`training.curriculum`). No adversarial
-training. The run folder holds a normal checkpoint (ModelSpec 'volumetric'), so
-`advguard export` and every attack work on it unchanged: the model takes N x C x H x W images.
+counterpart of the 2D model (`model`), volumizes every image inside the model (`volumizer`),
+trains on the sum of per-slice cross-entropies (PAL) and feeds the samples of each epoch in a
+syllabus order (`curriculum`). No adversarial training. The run folder holds a normal
+checkpoint (ModelSpec 'volumetric'), so `advguard export` and every attack work on it
+unchanged: the model takes N x C x H x W images.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from training.checkpoint import write_json
-from training.curriculum import PACINGS, Syllabus, SyllabusConfig
 from training.data import Splits
 from training.defenses.base import Defense, DefenseConfig
-from training.models import ModelSpec, count_parameters, create_model
-from training.models.volumetric import AGGREGATIONS, VolumetricNet, pal_loss
+from training.defenses.volumized.curriculum import PACINGS, Syllabus, SyllabusConfig
+from training.defenses.volumized.model import AGGREGATIONS, VolumetricNet, pal_loss
+from training.defenses.volumized.volumizer import VolumizerConfig
+from training.models import ModelSpec, count_parameters, create_model, model_spec_for
 from training.trainer import TrainConfig, fit
-from training.volumizer import VolumizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,6 @@ class VolumizedDefense(Defense):
 
     def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
-        from training.train_cli import model_spec_for
-
         spec = volumetric_spec(model_spec_for(model_name, splits), self.config)
         torch.manual_seed(train.seed)
         model = create_model(spec)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.registry import ModelSpec, Normalize, create_model, register_model
-from training.volumizer import Volumizer, VolumizerConfig
+from training.models.registry import ModelSpec, Normalize, create_model
+from training.defenses.volumized.volumizer import Volumizer, VolumizerConfig
 
 AGGREGATIONS = ("mean_log_prob", "mean_prob", "mean_logits")
 
@@ -139,7 +139,6 @@ def to_volumetric(spec2d: ModelSpec, volumizer: VolumizerConfig, depth_kernel: i
     return VolumetricNet(vol, body, nn.Sequential(*head), aggregation)
 
 
-@register_model("volumetric")
 def volumetric(spec: ModelSpec) -> VolumetricNet:
     """The 3D counterpart of `spec.options['base']` (a registered 2D model name).
 

@@ -1,7 +1,7 @@
 """Paper 004's volumizer: an image becomes a volume of its slices, ranked by a metric.
 
 An H x W x C image is cut into Z = (H / p_h) * (W / p_w) non-overlapping p_h x p_w slices
-(row-major grid order), each slice is scored by a metric (`training.volumizer_metrics`), and
+(row-major grid order), each slice is scored by a metric (`metrics` beside this module), and
 the slices are stacked along depth in ascending or descending score order:
 N x C x H x W -> N x C x Z x p_h x p_w. No pixel is changed, dropped or repeated: the volume
 is a permutation of the image's pixels, and `unvolumize(volume, order)` restores the image
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from training.volumizer_metrics import KEY_SCALE, METRICS, STANDALONE, metric_values, sort_key
+from training.defenses.volumized.metrics import KEY_SCALE, METRICS, STANDALONE, metric_values, sort_key
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from training.data import Split
-from training.defenses.mia_data import (
-    adversarial_count, augmented, bootstraps, craft_per_attack, craft_pool, parse_attacks,
-)
+from training.defenses.mia.craft import craft_per_attack, craft_pool
+from training.defenses.mia.data import adversarial_count, augmented, bootstraps, parse_attacks
 from training.models import create_model
 
 EPS = 0.1

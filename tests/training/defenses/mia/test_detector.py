@@ -7,6 +7,7 @@ import json
 import pytest
 
 from training.checkpoint import save_model
+from training.defenses.mia.detector import load_mia_run
 from training.models import ModelSpec, create_model
 
 LABELS = tuple(f"class {i}" for i in range(10))
@@ -27,7 +28,7 @@ def _mia_run(folder, classes: int = 11, size: int = 28, arch: str = "mia-ensembl
 
 
 def _export(tmp_path, capsys, *args: str) -> str:
-    from training.cli import main
+    from advguard.cli.main import main
 
     code = main(["export", "--run", str(tmp_path / "runs" / "x"), "--name", "n", "--store",
                  str(tmp_path / "store"), *args])
@@ -58,14 +59,10 @@ def test_a_missing_mia_run_is_named(tmp_path, capsys):
     ({"dataset": "mnist"}, "was trained on mnist, the primary model on fashion-mnist"),
 ])
 def test_a_mia_run_that_does_not_fit_the_primary_model_is_refused(tmp_path, kind, message):
-    from training.export.mia_detector import load_mia_run
-
     with pytest.raises(ValueError, match=message):
         load_mia_run(_mia_run(tmp_path, **kind), (1, 28, 28), LABELS, "fashion-mnist")
 
 
 def test_a_fitting_mia_run_loads(tmp_path):
-    from training.export.mia_detector import load_mia_run
-
     ensemble = load_mia_run(_mia_run(tmp_path, dataset="fashion-mnist"), (1, 28, 28), LABELS, "fashion-mnist")
     assert len(ensemble.members) == 1 and not ensemble.training

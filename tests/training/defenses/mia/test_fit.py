@@ -4,7 +4,7 @@ import torch
 
 from training.checkpoint import load_model, read_json
 from training.defenses import create_defense
-from training.models.mia_ensemble import MIAEnsemble
+from training.defenses.mia.ensemble import MIAEnsemble
 
 # `mia_run`: tests/conftest.py
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_module")]
@@ -40,7 +40,7 @@ def test_checkpoint_reloads_the_ensemble_and_resume_reuses_every_stage(mia_run):
 
 
 def test_onnx_graph_with_vote_matches_the_trained_ensemble(mia_run, tmp_path):
-    from training.defenses.mia_export import export_mia_onnx, mia_onnx_parity
+    from training.defenses.mia.export import export_mia_onnx, mia_onnx_parity
 
     model, _ = load_model(mia_run.out)
     adversarial = torch.load(mia_run.out / "adversarial.pt", weights_only=True)["test"]["x"][:100]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from training.models import ModelSpec, create_model
-from training.models.mia_ensemble import MIAEnsemble, majority_vote
+from training.defenses.mia.ensemble import MIAEnsemble, majority_vote
 
 ADV = 10
 
@@ -87,7 +87,7 @@ def test_ensemble_outputs_vote_shares_and_rebuilds_from_its_spec(fmnist_small):
 
 
 def test_one_onnx_graph_with_the_vote_matches_pytorch(fmnist_small, tmp_path):
-    from training.defenses.mia_export import export_mia_onnx, mia_onnx_parity
+    from training.defenses.mia.export import export_mia_onnx, mia_onnx_parity
 
     torch.manual_seed(1)
     members = [create_model(arch, num_classes=11, mean=(0.286,), std=(0.353,)) for arch in ("eat1", "eat2", "eat3")]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from training.curriculum import Syllabus, SyllabusConfig
+from training.defenses.volumized.curriculum import Syllabus, SyllabusConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -60,8 +60,7 @@ def test_stratified_syllabus_starts_with_every_class(train_images):
 
 
 def test_trainer_feeds_batches_in_the_syllabus_order(fmnist_small, tmp_path):
-    from training.models import create_model
-    from training.train_cli import model_spec_for
+    from training.models import create_model, model_spec_for
     from training.trainer import TrainConfig, fit
 
     small = fmnist_small.__class__(train=fmnist_small.train.take(128), val=fmnist_small.val.take(32),

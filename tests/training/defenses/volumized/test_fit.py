@@ -7,7 +7,7 @@ import torch
 from training.checkpoint import load_model
 from training.data import Splits
 from training.defenses import create_defense
-from training.models.volumetric import VolumetricNet
+from training.defenses.volumized.model import VolumetricNet
 from training.trainer import TrainConfig
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models import ModelSpec, create_model
-from training.models.volumetric import pal_loss, to_volumetric
-from training.volumizer import VolumizerConfig
+from training.defenses.volumized.model import pal_loss, to_volumetric
+from training.defenses.volumized.volumizer import VolumizerConfig
 
 SPEC = ModelSpec("fmnist-cnn", mean=(0.286,), std=(0.353,))
 
@@ -72,7 +72,7 @@ class _LabelFromPixel(nn.Module):
 
 
 def test_delta_and_beta_follow_paper_004s_definitions():
-    from training.defenses.volumized_eval import _scores
+    from training.defenses.volumized.eval import _scores
 
     y = torch.arange(10)
     x = torch.zeros(10, 1, 4, 4)

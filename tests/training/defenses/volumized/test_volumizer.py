@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from training.volumizer import Volumizer, VolumizerConfig, slice_grid
-from training.volumizer_metrics import KEY_SCALE, METRICS
+from training.defenses.volumized.metrics import KEY_SCALE, METRICS
+from training.defenses.volumized.volumizer import Volumizer, VolumizerConfig, slice_grid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

@@ -1,0 +1,100 @@
+"""`advguard evaluate`: run an attack suite against a trained model and write the report.
+
+Building the full parser imports `training.evaluate` (torch) to list the suites.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from advguard.cli._args import add_data_args
+
+HELP = "robustness report: clean, per-attack and worst-case accuracy"
+DISTILL = "distill"  # built by `distill_suite`, which needs a temperature: not in SUITES
+CARD = "card"  # a bundle's robustness card (training.evaluate.card), not a model suite
+
+
+def _suites() -> dict[str, str]:
+    """Suite name -> the first sentence of its builder's docstring."""
+    from training.evaluate import SUITES, distill_suite
+
+    builders = {**SUITES, DISTILL: distill_suite}
+    first = {name: " ".join((fn.__doc__ or name).split()).split(". ")[0].rstrip(".")
+             for name, fn in sorted(builders.items())}
+    return {name: text[:1].lower() + text[1:] for name, text in first.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    suites = _suites()
+    p.add_argument("--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("--suite", default="standard", choices=list(suites), metavar="NAME",
+                   help="; ".join(f"{name}: {text}" for name, text in suites.items()) + " (default standard)")
+    p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixels in [0, 1])")
+    p.add_argument("--restarts", type=int, default=5, help="PGD restarts (standard/distill/pgd40 suites)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="distill suite: T (default: the run's defence config)")
+    p.add_argument("--n", type=int, default=1000, help="test images (first N of the test split)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and report.png")
+    add_data_args(p)
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """`--bundle DIR --suite card`: the card of that bundle, written to OUT (card.json, card.md,
+    card.png); the bundle itself is never changed (its manifest's card comes from `advguard bundle`)."""
+    import json
+    from dataclasses import replace
+
+    from advguard.cli.card import card_table, plot
+    from training.data import DataConfig, load_splits
+    from training.evaluate.card import PROFILES, evaluate_bundle
+
+    manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
+    splits = load_splits(DataConfig(name=args.dataset or manifest["dataset"], data_dir=args.data_dir))
+    config = PROFILES[args.profile]
+    if args.n != 1000:  # --n given: override the profile's image count
+        config = replace(config, n=args.n)
+    card = evaluate_bundle(Path(args.bundle), splits.test.x, splits.test.y, config, profile=args.profile)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    table = card_table({**manifest, "robustness": card})
+    (out / "card.md").write_text(table + "\n")
+    plot({**manifest, "robustness": card}, out / "card.png")
+    print(table)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.suite == CARD or getattr(args, "bundle", None):
+        if not getattr(args, "bundle", None) or args.suite != CARD:
+            raise ValueError("a bundle is evaluated with --bundle DIR --suite card; a run with --model RUN")
+        return run_card(args)
+    from training.checkpoint import load_model, read_json, write_json
+    from training.data import DataConfig, load_splits
+    from training.evaluate import SUITES, distill_suite, evaluate, quick_suite
+
+    model, _ = load_model(args.model)
+    run_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    data = config.get("data", {})
+    splits = load_splits(DataConfig(name=args.dataset or data.get("name", "fashion-mnist"),
+                                    data_dir=args.data_dir or data.get("data_dir"),
+                                    seed=data.get("seed", 0), limit_test=args.n))
+    if args.suite == "quick":
+        suite = quick_suite(args.eps)
+    elif args.suite == DISTILL:
+        temperature = args.temperature or float(config.get("options", {}).get("temperature", 0) or 0)
+        if not temperature:
+            raise ValueError("--suite distill needs --temperature (the run's config has none)")
+        suite = distill_suite(temperature, args.eps, args.restarts)
+    else:  # standard, pgd40: (eps, restarts)
+        suite = SUITES[args.suite](args.eps, args.restarts)
+    report = evaluate(model, splits.test, suite, batch_size=args.batch_size, name=str(run_dir.name))
+    out = Path(args.out)
+    report.save(out)
+    write_json(out / "config.json", {"model": str(args.model), "suite": args.suite, "eps": args.eps,
+                                     "restarts": args.restarts, "n": len(splits.test),
+                                     "temperature": args.temperature})
+    print(report.to_markdown())
+    return 0

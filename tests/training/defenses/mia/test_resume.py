@@ -1,0 +1,130 @@
+"""`mia` resumes every stage: a run killed with SIGKILL (once while making the adversarial pool,
+once mid-way through an EAT cycle) and resumed ends with the same pool, ensemble and metrics as
+an uninterrupted run with the same seed; shards are never recomputed; `plan` reports the state."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.data import DataConfig, Splits, load_splits
+from training.defenses import create_defense
+from training.trainer import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[4]
+OPTIONS = {"attacks": "gma:values=0.1|1.0;exponents=1,pgd:eps=0.1;steps=2;alpha=0.05,fgsm:eps=0.1,cw",
+           "cw_steps": "5", "cw_binary_steps": "2", "gma_steps": "2", "gma_tries": "2",
+           "shares": "0.25,0.5", "share": "0.5", "members": "eat1,eat2", "n_bootstraps": "2", "shard_size": "24"}
+CONFIG = TrainConfig(epochs=2, batch_size=32, lr=3e-3)
+DATA = "DataConfig(name='fashion-mnist', val_size=100, limit_train=240, limit_test=48)"
+RUN = f"""
+import sys, torch
+torch.set_num_threads(1)
+from training.data import DataConfig, load_splits
+from training.defenses import create_defense
+from training.trainer import TrainConfig
+splits = load_splits({DATA})
+create_defense('mia', {OPTIONS!r}).fit('mia-target', splits, {CONFIG!r}, sys.argv[1], resume=True)
+"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return load_splits(eval(DATA))
+
+
+@pytest.fixture(scope="module")
+def reference(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mia-reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = create_defense("mia", OPTIONS).fit("mia-target", splits, CONFIG, out)
+    finally:
+        torch.set_num_threads(threads)
+    return out, metrics
+
+
+def _loadable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except (RuntimeError, EOFError, OSError):
+        return False
+
+
+def _killed_when(out: Path, pattern: str, timeout: float = 300.0) -> None:
+    """Run the fit in a subprocess and SIGKILL it as soon as a whole file matching `pattern` is
+    there (the trainer writes last.pt in place: one cut mid-write is `test_a_torn_last_pt...`)."""
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    while not any(_loadable(p) for p in out.glob(pattern)):
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {pattern} appeared: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{pattern} did not appear within {timeout} s")
+        time.sleep(0.02)  # polling the run folder: the file's appearance is the event
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_run_killed_twice_resumes_to_the_uninterrupted_result(splits, reference, tmp_path):
+    ref_out, ref_metrics = reference
+    out = tmp_path / "run"
+    _killed_when(out, "adversarial/train/3-cw/00001.pt")          # mid-pool: CW's second shard just written
+    assert not (out / "adversarial.pt").exists()
+    cw_first = (out / "adversarial/train/3-cw/00000.pt").stat().st_mtime_ns
+    _killed_when(out, "eat/eat1/share-50/last.pt")                 # mid-EAT: cycle 2 of eat1, epoch 1 of 2
+    assert (out / "adversarial/train/3-cw/00000.pt").stat().st_mtime_ns == cw_first  # never recomputed
+    assert not (out / "eat/eat1/share-50/model.pt").exists()
+
+    from training.defenses.mia import MIAConfig, plan
+    from training.options import build_config
+
+    text = plan(build_config(MIAConfig, OPTIONS), CONFIG, splits, out)
+    assert "eat/eat1/share-25" in text and "done" in text and "1/2 epochs" in text
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = create_defense("mia", OPTIONS).fit("mia-target", splits, CONFIG, out, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+
+    pool, ref_pool = (torch.load(d / "adversarial.pt", weights_only=True) for d in (out, ref_out))
+    for key in ("train", "val", "test"):
+        assert torch.equal(pool[key]["x"], ref_pool[key]["x"]), key
+    ours, theirs = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (out, ref_out))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert metrics["detection"] == ref_metrics["detection"]
+    assert metrics["eat_cycles"] == ref_metrics["eat_cycles"]
+    assert metrics["profile"] == "paper" and metrics["budget"]["cw_steps"] == 5
+
+
+def test_a_torn_last_pt_restarts_its_stage_and_still_matches(splits, reference, tmp_path):
+    """A stop while the trainer writes last.pt leaves a torn file: the stage restarts from its
+    first epoch (with a warning) instead of failing, and the result is still the reference's."""
+    ref_out, ref_metrics = reference
+    out = tmp_path / "run"
+    _killed_when(out, "eat/eat2/share-25/last.pt")
+    last = out / "eat/eat2/share-25/last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = create_defense("mia", OPTIONS).fit("mia-target", splits, CONFIG, out, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["detection"] == ref_metrics["detection"]

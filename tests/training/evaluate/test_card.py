@@ -1,0 +1,78 @@
+"""The robustness card: the adaptive attack must beat the detector-ignorant one on a bundle
+whose guard stops the latter, and a masked gradient must raise the evaluator's warning."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from training.evaluate.card import CardConfig, evaluate_bundle
+from training.evaluate.twin import BundleTwin
+
+SMALL = CardConfig(n=120, sweep=(), pgd_steps=20, restarts=1, cw_steps=10, cw_binary_steps=1, square_queries=300,
+                   adaptive_steps=40, adaptive_restarts=1, penalties=(10.0,), batch_size=120)
+
+
+@pytest.fixture(scope="module")
+def card(defended_bundle, fmnist_small):
+    return evaluate_bundle(defended_bundle, fmnist_small.test.x, fmnist_small.test.y, SMALL, profile="test")
+
+
+def rows(card) -> dict:
+    return {r["label"]: r for r in card["attacks"]}
+
+
+def test_twin_equals_the_served_pipeline(card):
+    parity = card["twin_parity"]
+    assert parity["max_score_diff"] < 1e-3 and parity["images"] == 120
+    assert card["twin_differentiable"]
+
+
+def test_card_has_the_promised_rows(card, defended_bundle):
+    labels = list(rows(card))
+    assert labels[:2] == ["FGSM eps=0.1", "PGD-20 CE x1 eps=0.1"]
+    assert "CW-L2" in labels and any(r["kind"] == "black-box" for r in card["attacks"])
+    assert {r["params"]["variant"] for r in card["attacks"] if r["kind"] == "adaptive"} == {"evade", "fallback", "served"}
+    for r in card["attacks"]:
+        assert 0 <= r["served_accuracy"] <= 1 and r["right_or_flagged"] >= r["served_accuracy"]
+    assert set(card["models"]) == {"model.onnx", "fallback.onnx"}
+    assert card["clean"]["verdict_fpr"] < 0.2
+
+
+def test_adaptive_attack_beats_the_detector_ignorant_one(card):
+    """PGD on the primary alone is mostly flagged and answered by the robust fallback; the
+    attacker who knows the guard does better (lower served accuracy)."""
+    r = rows(card)
+    ignorant = r["PGD-20 CE x1 eps=0.1"]["served_accuracy"]
+    assert card["adaptive_worst_case_accuracy"] < ignorant - 0.05, (card["adaptive_worst_case_accuracy"], ignorant)
+    assert card["worst_case_accuracy"] <= card["adaptive_worst_case_accuracy"]
+
+
+class GradientMasked(nn.Module):
+    """The same function as `model` with no gradient reaching the input (a shattered gradient,
+    as an input quantizer without BPDA gives)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.detach()) + 0.0 * x
+
+
+def test_masked_gradient_raises_the_warning(defended_bundle, fmnist_small, monkeypatch):
+    """The twin computes the served function exactly but hides its gradient: the white-box
+    attacks stall, the black-box Square attack on the served answer does not, and the card says so."""
+    load = BundleTwin.load
+
+    def masked(path):
+        twin = load(path)
+        for key in list(twin.files):
+            twin.files[key] = GradientMasked(twin.files[key])
+        return twin
+
+    monkeypatch.setattr(BundleTwin, "load", staticmethod(masked))
+    config = CardConfig(n=80, sweep=(), pgd_steps=10, restarts=1, cw_steps=5, cw_binary_steps=1, square_queries=300,
+                        adaptive_steps=10, adaptive_restarts=1, penalties=(10.0,), batch_size=80)
+    masked_card = evaluate_bundle(defended_bundle, fmnist_small.test.x, fmnist_small.test.y, config)
+    assert masked_card["gradient_masking_suspected"]

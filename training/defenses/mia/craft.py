@@ -1,0 +1,143 @@
+"""The adversarial images of paper 002's augmented set, made in shards that survive a stop.
+
+- `craft_pool`: `size` images from a source ("target") model, the attacks interleaved (position
+  p is clean image order[p mod n] attacked by attack p mod k), so that every prefix of the pool
+  is balanced and the EAT cycles' growing shares (15% -> 25% -> 40% -> 50%) add to one another.
+- `craft_per_attack`: every clean image attacked by every attack (the evaluation sets).
+
+Each attack's images are cut into shards of `shard_size` in pool order. Shard j of attack a is
+seeded `seed + 7919 a + 104729 j`, and GMA (Algorithm 1) makes the i-th image of its attack at
+size Tr(eps)[i mod S], with GMA's own tries: a shard's images depend on nothing but the shard, so
+a run that stopped and resumed makes the same pool as one that did not. With `folder`, each shard
+is written as it is made (to a temporary file, then `os.replace`d: a file is whole or absent)
+and a shard already there is loaded, never recomputed; a stop loses at most the shard in flight.
+Each shard records its wall time (`seconds`): `training.defenses.mia.plan` reads the rates.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.attacks import Attack
+from training.data import Split
+from training.defenses.mia.data import AdversarialSet, AttackSpec
+from training.options import build_config
+
+log = logging.getLogger(__name__)
+ATTACK_SEED_STRIDE, SHARD_SEED_STRIDE = 7919, 104729
+
+
+def run_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+               seed: int, offset: int = 0) -> torch.Tensor:
+    """`spec` on (x, y) in batches; GMA's i-th image (counting from `offset`) at size Tr[i mod S]."""
+    if spec.name == "gma" and len(x):
+        from training.attacks.gma import GMAConfig, perturbation_grid
+
+        sizes = perturbation_grid(build_config(GMAConfig, dict(spec.options)))
+        out = torch.empty_like(x)
+        slot = (offset + torch.arange(len(x))) % len(sizes)
+        for s, eps in enumerate(sizes):
+            idx = (slot == s).nonzero().squeeze(1)
+            if len(idx):
+                one = AttackSpec("gma", spec.options + (("values", str(eps)), ("exponents", "0")))
+                out[idx] = _batched(one.build(model, seed=seed + s), x[idx], y[idx], batch_size)
+        return out
+    return _batched(spec.build(model, seed=seed), x, y, batch_size)
+
+
+def _batched(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    chunks = [attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks) if chunks else x[:0].clone()
+
+
+@torch.no_grad()
+def fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Whether `model` (in eval mode for the call) misclassifies each image."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
+                     for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, dtype=torch.bool)
+    model.train(was)
+    return out
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: `path` is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def shard_folder(folder: Path, a: int, spec: AttackSpec) -> Path:
+    return Path(folder) / f"{a}-{spec.name}"
+
+
+def craft_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, seed: int,
+                 batch_size: int = 256, shard_size: int = 1000, folder: Path | None = None,
+                 label: str = "") -> torch.Tensor:
+    """Adversarial images of (x, y) by one attack, shard by shard (see the module doc)."""
+    n = len(x)
+    out = torch.empty_like(x)
+    shards = (n + shard_size - 1) // shard_size
+    paths = [Path(folder) / f"{j:05d}.pt" if folder is not None else None for j in range(shards)]
+    done = sum(min(shard_size, n - j * shard_size) for j, p in enumerate(paths) if p is not None and p.exists())
+    bar = tqdm(total=n, initial=done, desc=label or spec.name, unit="img", dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 60.0, disable=n == 0)
+    for j, path in enumerate(paths):
+        lo, hi = j * shard_size, min(n, (j + 1) * shard_size)
+        if path is not None and path.exists():
+            out[lo:hi] = torch.load(path, map_location="cpu", weights_only=True)["x"]
+            continue
+        began = time.perf_counter()
+        out[lo:hi] = run_attack(model, spec, x[lo:hi], y[lo:hi], batch_size, seed + SHARD_SEED_STRIDE * j, offset=lo)
+        seconds = time.perf_counter() - began
+        if path is not None:
+            save_atomic({"x": out[lo:hi].clone(), "seconds": seconds, "images": hi - lo}, path)
+        bar.update(hi - lo)
+        log.info("%s shard %d/%d: %d images in %.1f s (%.3f s/image)", label or spec.name, j + 1, len(paths),
+                 hi - lo, seconds, seconds / max(hi - lo, 1))
+    bar.close()
+    return out
+
+
+def craft_pool(model: nn.Module, clean: Split, attacks: list[AttackSpec], size: int, seed: int = 0,
+               batch_size: int = 256, shard_size: int = 1000, folder: Path | None = None,
+               label: str = "pool") -> AdversarialSet:
+    """`size` adversarial images from `clean` (a seeded order, cycling if size > len(clean)),
+    attack `p mod k` for position p, all made against `model`; shards in `folder`/<a>-<name>/."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(seed))
+    position = torch.arange(size)
+    source = order[position % len(clean)] if len(clean) else position[:0]
+    attack = position % len(attacks)
+    x = torch.empty((size, *clean.x.shape[1:]), dtype=clean.x.dtype)
+    y = clean.y[source]
+    for a, spec in enumerate(attacks):
+        idx = (attack == a).nonzero().squeeze(1)
+        x[idx] = craft_attack(model, spec, clean.x[source[idx]], y[idx], seed + ATTACK_SEED_STRIDE * a, batch_size,
+                              shard_size, shard_folder(folder, a, spec) if folder is not None else None,
+                              f"{label} {spec.name}")
+    return AdversarialSet(x, y, source, attack, fooled(model, x, y), tuple(s.name for s in attacks))
+
+
+def craft_per_attack(model: nn.Module, clean: Split, attacks: list[AttackSpec], seed: int = 0,
+                     batch_size: int = 256, shard_size: int = 1000, folder: Path | None = None,
+                     label: str = "test") -> AdversarialSet:
+    """Every image of `clean` attacked by every attack (evaluation sets), grouped by attack."""
+    xs = [craft_attack(model, spec, clean.x, clean.y, seed + ATTACK_SEED_STRIDE * a, batch_size, shard_size,
+                       shard_folder(folder, a, spec) if folder is not None else None, f"{label} {spec.name}")
+          for a, spec in enumerate(attacks)]
+    n, k = len(clean), len(attacks)
+    x = torch.cat(xs) if xs else clean.x[:0].clone()
+    y = clean.y.repeat(k)
+    return AdversarialSet(x, y, torch.arange(n).repeat(k), torch.arange(k).repeat_interleave(n),
+                          fooled(model, x, y), tuple(s.name for s in attacks))

@@ -1,0 +1,202 @@
+"""The robustness card: `evaluate_bundle(path, config) -> dict`, the evaluation of a whole
+defended bundle that its manifest carries under `robustness`.
+
+Every figure is the *served* answer: adversarial images are made on the bundle's PyTorch twin
+(checked equal to ONNX Runtime first) and then classified by the serving pipeline itself
+(`serving.pipeline.Pipeline`, ONNX Runtime), exactly as a caller would get them.
+
+Rows (L-inf at `eps` unless named):
+- clean: served-answer accuracy and the verdict's false-positive rate;
+- non-adaptive, the attacker ignores the guard: FGSM, PGD CE and margin with restarts, CW-L2 —
+  all against the primary alone; FGSM and PGD again at each `sweep` eps (for the plot);
+- black-box: Square on the served answer (only its probabilities), the masked-gradient check;
+- adaptive: `training.evaluate.adaptive` variants, each with `restarts`, and their per-image
+  worst case; then the per-image worst case over every row at `eps`.
+Per row: served accuracy, share flagged, detection among successful attacks (the primary was
+fooled), and right-or-flagged.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.bundle import load_bundle
+from serving.guard import Verdict
+from serving.pipeline import Pipeline
+from training.attacks import create_attack
+from training.evaluate.adaptive import VARIANTS, adaptive_pgd
+from training.evaluate.twin import BundleTwin
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """Args: n test images (the first n); eps; sweep: extra eps for FGSM/PGD; pgd_steps, restarts;
+    cw_steps, cw_binary_steps; square_queries; adaptive_steps, adaptive_restarts, penalties (one
+    `evade` run per weight); batch_size; masking_margin (Square beating the white-box worst case
+    by more than this share marks the white-box figures as gradient-masked)."""
+
+    n: int = 500
+    eps: float = 0.1
+    sweep: tuple[float, ...] = (0.05, 0.15)
+    pgd_steps: int = 40
+    restarts: int = 2
+    cw_steps: int = 50
+    cw_binary_steps: int = 3
+    square_queries: int = 1000
+    adaptive_steps: int = 100
+    adaptive_restarts: int = 2
+    penalties: tuple[float, ...] = (1.0, 10.0)
+    batch_size: int = 500
+    masking_margin: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.eps <= 0:
+            raise ValueError(f"n must be >= 1 and eps > 0, got n={self.n}, eps={self.eps}")
+
+
+PROFILES = {
+    # `make serve`'s card: fits the default bundle's 10-minute build on 2 cores
+    "quick": CardConfig(n=500, restarts=1, cw_steps=50, cw_binary_steps=3, square_queries=500,
+                        adaptive_steps=50, adaptive_restarts=1, penalties=(10.0,)),
+    # `make bundle-best`'s card: every test image, more restarts, steps, queries and penalty weights
+    "full": CardConfig(n=10_000, restarts=5, cw_steps=100, cw_binary_steps=5, square_queries=1000,
+                       adaptive_steps=100, adaptive_restarts=3, penalties=(1.0, 10.0, 100.0)),
+}
+
+
+class ServedBlackBox(nn.Module):
+    """The served pipeline as a score-only model: log of the served probabilities, no gradient."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.pipeline.run(x.detach().numpy().astype(np.float32)).probs
+        return torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+
+
+@dataclass
+class Served:
+    """What the pipeline answered for a set of images."""
+
+    correct: np.ndarray          # served answer right
+    flagged: np.ndarray          # verdict ADVERSARIAL
+    primary_correct: np.ndarray  # the primary alone right
+
+
+def served(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, batch_size: int) -> Served:
+    correct, flagged, primary = [], [], []
+    for i in range(0, len(x), batch_size):
+        xb, yb = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32), y[i:i + batch_size]
+        result = pipeline.run(xb)
+        correct.append(result.classes == yb)
+        flagged.append(result.guard.verdicts == Verdict.ADVERSARIAL if result.guard is not None
+                       else np.zeros(len(xb), dtype=bool))
+        primary.append(pipeline.primary.logits(xb).argmax(axis=1) == yb)
+    return Served(np.concatenate(correct), np.concatenate(flagged), np.concatenate(primary))
+
+
+def row(label: str, kind: str, params: dict, s: Served, clean: Served, seconds: float) -> dict:
+    """One card row; 'successful' = the primary was right on the clean image and is fooled now."""
+    success = clean.primary_correct & ~s.primary_correct
+    return {"label": label, "kind": kind, "params": params, "n": int(len(s.correct)),
+            "served_accuracy": round(float(s.correct.mean()), 4), "flagged": round(float(s.flagged.mean()), 4),
+            "successful": int(success.sum()),
+            "detected_among_successful": round(float(s.flagged[success].mean()), 4) if success.any() else None,
+            "right_or_flagged": round(float((s.correct | s.flagged).mean()), 4), "seconds": round(seconds, 1)}
+
+
+def _batched(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig = CardConfig(),
+                    profile: str = "custom", split: str = "test") -> dict:
+    """The robustness card of the bundle at `path` on images `x` (N x C x H x W in [0, 1]), labels `y`."""
+    began_all = time.perf_counter()
+    torch.manual_seed(0)
+    bundle = load_bundle(path)
+    pipeline = Pipeline.load(path)
+    twin = BundleTwin.load(path)
+    x, y = x[:config.n].float(), y[:config.n].long()
+    xn, yn = x.numpy(), y.numpy()
+    parity = twin.parity(pipeline, xn[:256])
+    if parity["max_score_diff"] > PARITY_TOLERANCE:
+        log.warning("twin and served pipeline differ: %s", parity)
+    bs = config.batch_size
+    clean = served(pipeline, xn, yn, bs)
+    rows = [row("clean", "clean", {}, clean, clean, 0.0)]
+    per_image: dict[str, np.ndarray] = {}
+
+    def run(label: str, kind: str, params: dict, make) -> None:
+        t = time.perf_counter()
+        x_adv = make()
+        s = served(pipeline, x_adv.numpy(), yn, bs)
+        rows.append(row(label, kind, params, s, clean, time.perf_counter() - t))
+        if params.get("eps", config.eps) == config.eps and params.get("norm") != "l2":
+            per_image[label] = s.correct  # the L-inf rows at eps, for the worst cases
+        log.info("card %s: served accuracy %.4f, flagged %.4f", label, rows[-1]["served_accuracy"], rows[-1]["flagged"])
+
+    primary = twin.primary
+    eps, steps, restarts = config.eps, config.pgd_steps, config.restarts
+    for e in (eps, *config.sweep):
+        run(f"FGSM eps={e:g}", "non-adaptive", {"eps": e},
+            lambda e=e: _batched(create_attack("fgsm", primary, eps=e), x, y, bs))
+        pgd = {"eps": e, "alpha": 2.5 * e / steps, "steps": steps, "restarts": restarts}
+        run(f"PGD-{steps} CE x{restarts} eps={e:g}", "non-adaptive", pgd,
+            lambda pgd=pgd: _batched(create_attack("pgd", primary, **pgd), x, y, bs))
+    margin_params = {"eps": eps, "alpha": 2.5 * eps / steps, "steps": steps, "restarts": restarts, "loss": "margin"}
+    run(f"PGD-{steps} margin x{restarts} eps={eps:g}", "non-adaptive", margin_params,
+        lambda: _batched(create_attack("pgd", primary, **margin_params), x, y, bs))
+    cw = {"steps": config.cw_steps, "binary_steps": config.cw_binary_steps}
+    run("CW-L2", "non-adaptive", {**cw, "norm": "l2"}, lambda: _batched(create_attack("cw", primary, **cw), x, y, bs))
+    square = {"eps": eps, "max_queries": config.square_queries}
+    run(f"Square {config.square_queries}q (served answer)", "black-box", square,
+        lambda: _batched(create_attack("square", ServedBlackBox(pipeline), **square), x, y, bs))
+    adaptive_labels = []
+    for variant in VARIANTS:
+        for penalty in (config.penalties if variant == "evade" else (0.0,)):
+            label = f"adaptive {variant}" + (f" penalty={penalty:g}" if variant == "evade" else "")
+            params = {"eps": eps, "steps": config.adaptive_steps, "restarts": config.adaptive_restarts,
+                      "variant": variant, "penalty": penalty}
+            run(label, "adaptive", params,
+                lambda variant=variant, penalty=penalty: torch.cat([
+                    adaptive_pgd(twin, x[i:i + bs], y[i:i + bs], variant, eps, config.adaptive_steps,
+                                 restarts=config.adaptive_restarts, penalty=penalty)
+                    for i in range(0, len(x), bs)]))
+            adaptive_labels.append(label)
+    adaptive_worst = np.logical_and.reduce([per_image[k] for k in adaptive_labels]) & clean.correct
+    all_worst = np.logical_and.reduce(list(per_image.values())) & clean.correct
+    white_box = [r["served_accuracy"] for r in rows if r["kind"] in ("non-adaptive", "adaptive")
+                 and r["params"].get("eps", eps) == eps and r["params"].get("norm") != "l2"]
+    square_row = next(r for r in rows if r["kind"] == "black-box")
+    masked = bool(white_box and square_row["served_accuracy"] < min(white_box) - config.masking_margin)
+    if masked:
+        log.warning("gradient masking suspected: Square (black-box) %.4f beats every white-box attack (best %.4f)",
+                    square_row["served_accuracy"], min(white_box))
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "profile": profile, "config": asdict(config), "split": split, "n": int(len(x)), "eps": eps,
+        "norm": "linf", "models": {m.file: m.sha256 for m in bundle.models},
+        "twin_parity": parity, "twin_differentiable": twin.differentiable(),
+        "clean": {"served_accuracy": rows[0]["served_accuracy"], "verdict_fpr": rows[0]["flagged"],
+                  "primary_accuracy": round(float(clean.primary_correct.mean()), 4)},
+        "attacks": rows[1:],
+        "adaptive_worst_case_accuracy": round(float(adaptive_worst.mean()), 4),
+        "worst_case_accuracy": round(float(all_worst.mean()), 4),
+        "gradient_masking_suspected": masked,
+        "seconds": round(time.perf_counter() - began_all, 1),
+    }
