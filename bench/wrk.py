@@ -21,6 +21,7 @@ SCRIPT = """
 local f = io.open(os.getenv("ADVGUARD_WRK_BODY"), "rb"); wrk.body = f:read("*all"); f:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("ADVGUARD_WRK_TYPE")
+if os.getenv("ADVGUARD_WRK_AUTH") then wrk.headers["Authorization"] = os.getenv("ADVGUARD_WRK_AUTH") end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('ADVGUARD {"requests": %d, "seconds": %f, "non2xx": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d}\\n',
@@ -45,12 +46,15 @@ class SummaryResult(LoadResult):
         return self.percentiles[q]
 
 
-def post_load(url: str, body: bytes, content_type: str, seconds: float, concurrency: int) -> LoadResult:
-    """POST `body` to `url` for `seconds` from `concurrency` connections."""
+def post_load(url: str, body: bytes, content_type: str, seconds: float, concurrency: int,
+              token: str | None = None) -> LoadResult:
+    """POST `body` to `url` for `seconds` from `concurrency` connections (`token`: sent as a
+    bearer token, e.g. TorchServe's inference key)."""
     with tempfile.TemporaryDirectory(prefix="advguard-wrk-") as tmp:
         (Path(tmp) / "body").write_bytes(body)
         (Path(tmp) / "post.lua").write_text(SCRIPT)
-        env = {**os.environ, "ADVGUARD_WRK_BODY": str(Path(tmp) / "body"), "ADVGUARD_WRK_TYPE": content_type}
+        env = {**os.environ, "ADVGUARD_WRK_BODY": str(Path(tmp) / "body"), "ADVGUARD_WRK_TYPE": content_type,
+               **({"ADVGUARD_WRK_AUTH": f"Bearer {token}"} if token else {})}
         out = subprocess.run(["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s",
                               "-s", str(Path(tmp) / "post.lua"), url],
                              check=False, capture_output=True, text=True, timeout=seconds + 120, env=env).stdout

@@ -9,16 +9,18 @@ a JSON object per image. Bad input gets HTTP 400 with the reason, per request of
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
 
-from serving.answer import Answers
+from serving.answer import Answers, check_disclosure
 from serving.errors import InputError
 from serving.pipeline import Pipeline
 from serving.preprocess import Limits, decode_image
 
 log = logging.getLogger(__name__)
+DISCLOSURE_ENV = "ADVGUARD_DISCLOSURE"  # verdict (default) | full
 
 
 class AdvguardHandler:
@@ -27,6 +29,8 @@ class AdvguardHandler:
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
         self.limits = Limits()
+        # what answers show of the guard (serving.answer): verdict by default, full for operators
+        self.disclosure = check_disclosure(os.environ.get(DISCLOSURE_ENV, "verdict"))
 
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties.get("model_dir")
@@ -69,7 +73,7 @@ class AdvguardHandler:
                 context.set_response_status(code=400, phrase=str(err), idx=i)
                 replies[i] = {"error": str(err), "code": 400}
         if arrays:
-            answers = Answers(self.pipeline, self.pipeline.run(np.stack(arrays)))
+            answers = Answers(self.pipeline, self.pipeline.run(np.stack(arrays)), self.disclosure)
             for j, i in enumerate(index):
                 replies[i] = answers.as_dict(j)
         return replies

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,9 +24,9 @@ BIN = Path(sys.executable).parent
 
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+def post(url: str, body: bytes, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
@@ -33,10 +34,28 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def wait_ready(url: str, deadline: float) -> None:
+def get(url: str, key: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return reply.read()
+
+
+def read_keys(work: Path, deadline: float) -> dict:
+    """The keys TorchServe's token authorization wrote to key_file.json in its working folder."""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
+            keys = json.loads((work / "key_file.json").read_text())
+            return {kind: keys[kind]["key"] for kind in ("inference", "management")}
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.5)
+    raise TimeoutError(f"TorchServe wrote no key_file.json in {work}")
+
+
+def wait_ready(url: str, key: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=2) as reply:
                 if b"READY" in reply.read():
                     return
         except (urllib.error.URLError, ConnectionError):
@@ -46,24 +65,29 @@ def wait_ready(url: str, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def run_torchserve(work: Path, mar: Path, name: str):
-    """TorchServe on free loopback ports serving `mar` as `name`: {"url", "management"}."""
+def run_torchserve(work: Path, mar: Path, name: str, disclosure: str = "full"):
+    """TorchServe on free loopback ports serving `mar` as `name`, token authorization on (as
+    deploy/torchserve/config.properties): {"url", "management", "keys"}."""
     if shutil.which("java") is None:
         pytest.fail("TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)")
     ports = {kind: free_port() for kind in ("inference", "management", "metrics")}
     config = work / "config.properties"
     config.write_text("\n".join([f"{kind}_address=http://127.0.0.1:{port}" for kind, port in ports.items()]
-                                + ["default_workers_per_model=1", "disable_system_metrics=true"]) + "\n")
-    proc = subprocess.Popen([str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+                                + ["default_workers_per_model=1", "disable_system_metrics=true",
+                                   "enable_model_api=false", "allowed_urls=(?!)"]) + "\n")
+    proc = subprocess.Popen([str(BIN / "torchserve"), "--start", "--foreground", "--ncs",
                              "--ts-config", str(config), "--model-store", str(mar.parent),
                              "--models", f"{name}={mar.name}"],
                             cwd=work, stdout=open(work / "ts.log", "w"), stderr=subprocess.STDOUT,
-                            env={"PATH": f"{BIN}:/usr/bin:/bin", "JAVA_HOME": "/usr/lib/jvm/default-java"}
-                            if Path("/usr/lib/jvm/default-java").exists() else None)
+                            env={**os.environ, "PATH": f"{BIN}:/usr/bin:/bin", "ADVGUARD_DISCLOSURE": disclosure,
+                                 **({"JAVA_HOME": "/usr/lib/jvm/default-java"}
+                                    if Path("/usr/lib/jvm/default-java").exists() else {})})
     management = f"http://127.0.0.1:{ports['management']}"
     try:
-        wait_ready(f"{management}/models/{name}", time.monotonic() + 120)
-        yield {"url": f"http://127.0.0.1:{ports['inference']}/predictions/{name}", "management": management}
+        keys = read_keys(work, time.monotonic() + 120)
+        wait_ready(f"{management}/models/{name}", keys["management"], time.monotonic() + 120)
+        yield {"url": f"http://127.0.0.1:{ports['inference']}/predictions/{name}", "management": management,
+               "keys": keys}
     finally:
         subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=work, capture_output=True, timeout=60)
         proc.terminate()
@@ -87,7 +111,7 @@ def test_torchserve_answers_like_the_grpc_core(torchserve, fmnist_small):
     pipeline = Pipeline.load(torchserve["bundle"])
     for i in range(8):
         body = encode_image(fmnist_small.test.x[i, 0].numpy())
-        status, answer = post(torchserve["url"], body)
+        status, answer = post(torchserve["url"], body, torchserve["keys"]["inference"])
         assert status == 200, answer
         expected = pipeline.run(decode_image(body, pipeline.bundle.input)[None])
         assert answer["class_index"] == int(expected.classes[0])
@@ -96,8 +120,16 @@ def test_torchserve_answers_like_the_grpc_core(torchserve, fmnist_small):
         assert [d["name"] for d in answer["detectors"]] == [o.name for o in expected.guard.outcomes]
 
 
+def test_token_authorization_stays_on(torchserve, fmnist_small):
+    """TorchServe's own token authorization (never --disable-token-auth): no key, no answer."""
+    status, _ = post(torchserve["url"], encode_image(fmnist_small.test.x[0, 0].numpy()))
+    assert status == 401
+    status, _ = post(torchserve["url"], encode_image(fmnist_small.test.x[0, 0].numpy()), "wrong-key")
+    assert status == 401
+
+
 def test_torchserve_bad_bytes_get_400_with_reason(torchserve):
-    status, answer = post(torchserve["url"], b"definitely not an image")
+    status, answer = post(torchserve["url"], b"definitely not an image", torchserve["keys"]["inference"])
     assert status == 400
     assert "not a PNG or JPEG" in answer["error"]
 
@@ -107,18 +139,19 @@ def test_wrk_load_counts_answers_and_http_errors(torchserve, fmnist_small):
     """bench/wrk.py (bench.serve's TorchServe client) against the real server."""
     from bench import wrk
 
+    key = torchserve["keys"]["inference"]
     good = wrk.post_load(torchserve["url"], encode_image(fmnist_small.test.x[0, 0].numpy()),
-                         "application/octet-stream", 1.0, 2)
+                         "application/octet-stream", 1.0, 2, key)
     assert good.ok > 0 and good.errors == 0 and good.rate > 0
     assert 0 < good.percentile(50) <= good.percentile(99)
-    bad = wrk.post_load(torchserve["url"], b"definitely not an image", "application/octet-stream", 1.0, 2)
+    bad = wrk.post_load(torchserve["url"], b"definitely not an image", "application/octet-stream", 1.0, 2, key)
     assert bad.ok == 0 and bad.codes["HTTP non-2xx"] > 0
 
 
 def test_describe_shows_the_bundle_and_its_card(torchserve):
     """The management API's customized description comes from the handler: roles and card."""
-    with urllib.request.urlopen(f"{torchserve['management']}/models/tsmodel?customized=true", timeout=30) as reply:
-        described = json.loads(reply.read())
+    described = json.loads(get(f"{torchserve['management']}/models/tsmodel?customized=true",
+                               torchserve["keys"]["management"]))
     custom = described[0]["customizedMetadata"]
     custom = json.loads(custom) if isinstance(custom, str) else custom
     assert custom["model"] == "tsmodel"
@@ -156,7 +189,7 @@ def test_a_rejected_image_is_withheld_alike_by_every_front_end(serving_store, se
     work = tmp_path_factory.mktemp("torchserve-reject")
     mar = build_mar(serving_store / "fmnist-reject" / "1", work / "mars")
     with run_torchserve(work, mar, "fmnist-reject") as ts:
-        status, answer = post(ts["url"], body)
+        status, answer = post(ts["url"], body, ts["keys"]["inference"])
     assert status == 200, answer
     assert answer["class_index"] == -1 and answer["rejected"] is True
     assert "class_name" not in answer and "probabilities" not in answer

@@ -113,6 +113,7 @@ def row(label: str, kind: str, params: dict, s: Served, clean: Served, seconds: 
     success = clean.primary_correct & ~s.primary_correct
     return {"label": label, "kind": kind, "params": params, "n": int(len(s.correct)),
             "served_accuracy": round(float(s.correct.mean()), 4), "flagged": round(float(s.flagged.mean()), 4),
+            "primary_accuracy": round(float(s.primary_correct.mean()), 4),
             "successful": int(success.sum()),
             "detected_among_successful": round(float(s.flagged[success].mean()), 4) if success.any() else None,
             "right_or_flagged": round(float((s.correct | s.flagged).mean()), 4), "seconds": round(seconds, 1)}

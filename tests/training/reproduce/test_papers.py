@@ -1,0 +1,133 @@
+"""`advguard reproduce --paper ... --scale quick`: each paper's pipeline writes its files, with the
+expected keys, every table column and numbers in range. Quick numbers prove the pipeline only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import one_thread
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+PAPERS = ("000", "001", "002", "003", "004")
+# keys whose values (or, for "attacks", whose values' values) are shares in [0, 1]
+SHARE_KEYS = {"clean", "worst_case", "accuracy", "clean_accuracy", "acc_clean", "acc_attack", "beta", "fooled",
+              "true_positive_rate", "false_positive_rate", "slipped_accuracy", "accuracy_11way", "fooled_source",
+              "FGSM", "reordered_share", "reduction", "paper_reduction", "test_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """All five quick reproductions, run once: {paper: (result, out folder)} plus the runs root."""
+    from training.reproduce import reproduce_paper
+
+    root = tmp_path_factory.mktemp("reproduction")
+    results = {}
+    with one_thread():
+        for paper in PAPERS:
+            results[paper] = reproduce_paper(paper, "quick", root / "out", runs=root / "runs",
+                                             mia_run=root / "no-mia-run")
+    return {"results": results, "out": root / "out", "runs": root / "runs"}
+
+
+def shares(node, key: str | None = None, under_attacks: bool = False):
+    """Every number of `node` held under a SHARE_KEYS key or in an 'attacks' mapping."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from shares(v, k, k == "attacks" or k in ("transfer",) or (under_attacks and isinstance(v, dict)))
+    elif isinstance(node, list):
+        for v in node:
+            yield from shares(v, key, under_attacks)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool) and (key in SHARE_KEYS or under_attacks):
+        yield key, node
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_quick_writes_results_with_every_column(quick, paper):
+    from training.reproduce import COLUMNS, ROW_KEYS
+
+    out = quick["out"] / paper
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(quick["results"][paper]))
+    assert saved["paper"] == paper and saved["scale"] == "quick" and saved["quick"] is True
+    assert saved["columns"] == list(COLUMNS)
+    assert len(saved["rows"]) >= 3
+    for row in saved["rows"]:
+        assert all(isinstance(row[k], str) and row[k] for k in ROW_KEYS), row
+    assert saved["verdict"].startswith("none at scale quick")
+    text = (out / "results.md").read_text()
+    assert "| " + " | ".join(COLUMNS) + " |" in text
+    assert "not results" in text
+    assert text.count("\n| ") == len(saved["rows"]) + 1  # header + one line per row
+    assert saved["plots"]
+    for png in saved["plots"]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_quick_numbers_are_shares_in_range(quick, paper):
+    found = list(shares(quick["results"][paper]["measured"]))
+    assert len(found) >= 6, found
+    bad = [(k, v) for k, v in found if not 0.0 <= v <= 1.0]
+    assert not bad, bad
+
+
+def test_paper000_reports_transfer_white_box_and_table12(quick):
+    m = quick["results"]["000"]["measured"]
+    assert set(m["transfer"]) == {"base", "filter-finetune", "pgd-at"}
+    assert all(set(v) == {"FGSM", "PGD-3"} for v in m["transfer"].values())
+    assert round(100 * m["table12_base_10"]["paper_reduction"], 2) == 14.33  # paper 000's Table 12 entry
+    assert 0 < m["trainable"]["trainable_parameters"] < m["trainable"]["parameters"] == 120_042
+    assert set(m["train_seconds"]) == {"base", "filter-finetune", "pgd-at"}
+
+
+def test_paper001_attacks_the_logits_as_well(quick):
+    attacks = quick["results"]["001"]["measured"]["evaluations"]["distill"]["attacks"]
+    assert "FGSM" in attacks
+    assert any("margin" in k for k in attacks) and any("logits/T" in k for k in attacks)
+    assert any(k.startswith("Square") for k in attacks)
+
+
+def test_paper002_reads_gma_per_size_and_its_own_quick_mia_run(quick):
+    m = quick["results"]["002"]["measured"]
+    assert len(m["gma"]["sizes"]) == 25  # Tr(eps): 30 (V, i) pairs, 25 distinct sizes
+    assert [s["eps"] for s in m["gma"]["sizes"]] == sorted(s["eps"] for s in m["gma"]["sizes"])
+    assert m["mia"]["reduced"] is False and m["mia"]["source"].endswith("mia")
+    assert set(m["mia"]["attacks"]) == {"fgsm", "pgd"}
+
+
+def test_paper002_full_cpu_falls_back_to_the_reduced_run_marked(tmp_path):
+    from training.reproduce._common import Context
+    from training.reproduce.paper002 import mia_source
+
+    ctx = Context("002", "full-cpu", tmp_path / "out", tmp_path / "runs", mia_run=tmp_path / "unfinished")
+    mia = mia_source(ctx, splits=None)
+    assert mia["reduced"] is True and "not finished" in mia["full_run_status"]
+    assert "RESULTS.md" in mia["source"]
+
+
+def test_paper004_measures_both_models(quick):
+    results = quick["results"]["004"]["measured"]["results"]
+    assert set(results) == {"volumized", "undefended"}
+    assert results["volumized"]["arch"] == "volumetric"
+    assert set(results["volumized"]["npixel"]) == {"1"} and set(results["volumized"]["patch"]) == {"0.1"}
+
+
+def test_a_second_run_reuses_every_trained_run_and_stage(quick):
+    from training.reproduce import reproduce_paper
+
+    model = quick["runs"] / "003" / "normal" / "model.pt"
+    before = model.stat().st_mtime_ns
+    with one_thread():
+        again = reproduce_paper("003", "quick", quick["out"], runs=quick["runs"])
+    assert model.stat().st_mtime_ns == before
+    assert again["measured"] == quick["results"]["003"]["measured"]
+
+
+def test_no_resume_refuses_a_folder_with_runs(quick):
+    from training.reproduce import reproduce_paper
+
+    with pytest.raises(ValueError, match="already holds trained runs"):
+        reproduce_paper("003", "quick", quick["out"], runs=quick["runs"], resume=False)
