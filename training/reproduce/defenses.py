@@ -1,4 +1,4 @@
-"""Issue 4's table, from scratch (run by `advguard reproduce defenses --scale full`).
+"""Issue 4's defences table, from scratch (run by `advguard reproduce defenses --scale full`).
 
 Trains standard, mixed-fgsm, pgd-at, fast-at, trades, filter-finetune (from the standard run)
 and distill on Fashion-MNIST, then evaluates each on the test split: clean accuracy and L-inf
