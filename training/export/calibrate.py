@@ -77,29 +77,53 @@ def verdict_flags(scores: np.ndarray, thresholds: np.ndarray, policy: str) -> np
     return votes >= needed
 
 
-def joint_thresholds(scores: np.ndarray, target_fpr: float, policy: str, iterations: int = 40) -> tuple[np.ndarray, float]:
-    """Thresholds for the D columns of `scores` (clean images) such that the *verdict* after
-    `policy` flags at most `target_fpr` of them: every detector gets the same own rate r, the
-    largest for which the verdict's rate stays within the target (bisection; the verdict's rate
-    grows with r). Returns (thresholds, r)."""
+def _common_rate(scores: np.ndarray, target_fpr: float, policy: str, fixed: dict[int, float],
+                 iterations: int = 40) -> tuple[np.ndarray, float]:
+    """Thresholds where the detectors not in `fixed` (column -> threshold) share one own rate r,
+    the largest for which the verdict flags at most `target_fpr` (bisection: the verdict's rate
+    grows with r)."""
     d = scores.shape[1]
-    if d == 0:
-        return np.zeros(0), 0.0
 
     def at(rate: float) -> np.ndarray:
-        return np.array([threshold_for_fpr(scores[:, j], rate) for j in range(d)])
+        return np.array([fixed[j] if j in fixed else threshold_for_fpr(scores[:, j], rate) for j in range(d)])
+
+    def fits(rate: float) -> bool:
+        return bool(np.mean(verdict_flags(scores, at(rate), policy)) <= target_fpr)
 
     low, high = 0.0, (target_fpr if policy == "any" else 0.999)  # under 'any' no detector may exceed the target
-    if np.mean(verdict_flags(scores, at(high), policy)) <= target_fpr:
-        low = high
-    else:
-        for _ in range(iterations):
-            mid = (low + high) / 2
-            if np.mean(verdict_flags(scores, at(mid), policy)) <= target_fpr:
-                low = mid
-            else:
-                high = mid
+    if fits(high):
+        return at(high), high
+    if not fits(low):
+        return at(low), -1.0  # the fixed thresholds alone break the budget
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
     return at(low), low
+
+
+def joint_thresholds(scores: np.ndarray, target_fpr: float, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds for the D columns of `scores` (clean images) such that the *verdict* after
+    `policy` flags at most `target_fpr` of them: every detector gets the same own rate, the
+    largest that keeps the verdict within the target. A detector with discrete scores (the MIA
+    vote share) whose top value ties on more clean images than that rate would never fire; it
+    is then set to fire on its top ties (its smallest possible rate) when that still fits the
+    budget, and the others share what is left. Returns (thresholds, each detector's own rate on
+    `scores`)."""
+    d = scores.shape[1]
+    if d == 0:
+        return np.zeros(0), np.zeros(0)
+    thresholds, _ = _common_rate(scores, target_fpr, policy, {})
+    fixed: dict[int, float] = {}
+    for j in range(d):
+        values = np.unique(scores[:, j])
+        if np.any(scores[:, j] > thresholds[j]) or len(values) < 2:
+            continue
+        lowest_firing = float(values[-2])  # flags exactly the top ties
+        trial, rate = _common_rate(scores, target_fpr, policy, {**fixed, j: lowest_firing})
+        if rate >= 0:
+            fixed[j], thresholds = lowest_firing, trial
+    own = np.array([np.mean(scores[:, j] > np.float32(thresholds[j])) for j in range(d)])
+    return thresholds, own
 
 
 def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str = "validation",
@@ -116,26 +140,26 @@ def calibrate(model: OnnxModel, x_clean: np.ndarray, spec: GuardSpec, split: str
         x_clean = x_clean[:spec.max_images]
     detectors = [create_detector(name, spec.options.get(name, {}), bundle_dir) for name in spec.detectors]
     scores = detector_scores(model, x_clean, detectors, reference=reference) if detectors else np.zeros((len(x_clean), 0))
-    thresholds, own_rate = joint_thresholds(scores, spec.target_fpr, spec.policy)
+    thresholds, own_rates = joint_thresholds(scores, spec.target_fpr, spec.policy)
     fresh = (detector_scores(model, x_fresh, detectors, reference=reference)
              if detectors and x_fresh is not None else None)
     entries = []
     for j, detector in enumerate(detectors):
         threshold = float(thresholds[j])
-        measured = float(np.mean(scores[:, j] > np.float32(threshold)))
-        if measured == 0.0 and own_rate * len(x_clean) >= 1:
-            log.warning("%s flags none of the %d calibration images at its share %.3g of the FPR budget: more "
-                        "than that share ties at its highest clean score %.4g, the threshold, so it may never "
-                        "fire (mia-vote: unanimous votes on clean images; train a stronger ensemble or raise "
-                        "--target-fpr)", detector.name, len(x_clean), own_rate, threshold)
-        entry = {"name": detector.name, "threshold": threshold, "target_fpr": round(own_rate, 6),
+        measured = float(own_rates[j])
+        if measured == 0.0:
+            log.warning("%s flags none of the %d calibration images within the verdict's %.3g budget: more of "
+                        "them tie at its highest clean score %.4g, the threshold, so it may never fire (mia-vote: "
+                        "unanimous votes on clean images; train a stronger ensemble or raise --target-fpr)",
+                        detector.name, len(x_clean), spec.target_fpr, threshold)
+        entry = {"name": detector.name, "threshold": threshold, "target_fpr": measured,
                  "options": detector.options(),
                  "calibration": {"split": split, "images": int(len(x_clean)), "measured_fpr": measured}}
         if fresh is not None:
             entry["fresh"] = {"split": fresh_split, "images": int(len(x_fresh)),
                               "measured_fpr": float(np.mean(fresh[:, j] > np.float32(threshold)))}
         entries.append(entry)
-    verdict = {"target_fpr": spec.target_fpr, "detector_rate": round(own_rate, 6),
+    verdict = {"target_fpr": spec.target_fpr,
                "calibration": {"split": split, "images": int(len(x_clean)),
                                "measured_fpr": float(np.mean(verdict_flags(scores, thresholds, spec.policy)))
                                if detectors else 0.0}}

@@ -60,9 +60,19 @@ class GradientMasked(nn.Module):
         return self.model(x.detach()) + 0.0 * x
 
 
-def test_masked_gradient_raises_the_warning(defended_bundle, fmnist_small, monkeypatch):
+def test_masked_gradient_raises_the_warning(defended_bundle, fmnist_small, monkeypatch, tmp_path):
     """The twin computes the served function exactly but hides its gradient: the white-box
-    attacks stall, the black-box Square attack on the served answer does not, and the card says so."""
+    attacks stall, the black-box Square attack on the served answer does not, and the card says
+    so. (The bundle's action is `flag`, so the served answer is the standard primary's, which a
+    black-box attack can move.)"""
+    import json
+    import shutil
+
+    bundle = tmp_path / "flag"
+    shutil.copytree(defended_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["guard"]["action"] = "flag"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     load = BundleTwin.load
 
     def masked(path):
@@ -74,5 +84,6 @@ def test_masked_gradient_raises_the_warning(defended_bundle, fmnist_small, monke
     monkeypatch.setattr(BundleTwin, "load", staticmethod(masked))
     config = CardConfig(n=80, sweep=(), pgd_steps=10, restarts=1, cw_steps=5, cw_binary_steps=1, square_queries=300,
                         adaptive_steps=10, adaptive_restarts=1, penalties=(10.0,), batch_size=80)
-    masked_card = evaluate_bundle(defended_bundle, fmnist_small.test.x, fmnist_small.test.y, config)
-    assert masked_card["gradient_masking_suspected"]
+    masked_card = evaluate_bundle(bundle, fmnist_small.test.x, fmnist_small.test.y, config)
+    rows = {r["kind"]: r for r in masked_card["attacks"]}
+    assert masked_card["gradient_masking_suspected"], rows
