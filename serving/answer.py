@@ -154,3 +154,33 @@ class Answers:
         if guard is None or not guard.outcomes:
             return np.zeros((self.n, d), dtype=np.bool_)
         return np.stack([o.flagged for o in guard.outcomes], axis=1).astype(np.bool_)
+
+
+# The Open Inference Protocol's outputs, the same on gRPC and REST: name -> datatype, in the order
+# they are offered; `oip_shape` and `oip_column` give each one's shape and values for a batch.
+OIP_OUTPUTS = {"probabilities": "FP32", "class_index": "INT64", "class_name": "BYTES", "verdict": "BYTES",
+               "attack_score": "FP32", "detector_scores": "FP32", "detector_flags": "BOOL", "answered_by": "BYTES"}
+
+
+def oip_shape(name: str, n: int, k: int, d: int) -> list[int]:
+    """Output `name`'s shape for N images (-1: any), K classes, D detectors."""
+    return [n, k] if name == "probabilities" else [n, d] if name.startswith("detector_") else [n]
+
+
+def oip_column(answers: Answers, name: str) -> np.ndarray | list[bytes]:
+    """Output `name` of a batch's answers, as the tensor wires send it."""
+    if name == "probabilities":
+        return answers.probability_rows()
+    if name == "class_index":
+        return answers.class_indices()
+    if name == "class_name":
+        return answers.class_names()
+    if name == "verdict":
+        return answers.verdict_names()
+    if name == "attack_score":
+        return answers.attack_scores()
+    if name == "detector_scores":
+        return answers.detector_scores()
+    if name == "detector_flags":
+        return answers.detector_flags()
+    return [answers.answered_by(i).encode() for i in range(len(answers))]

@@ -28,7 +28,7 @@ import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving.answer import Answers
+from serving.answer import OIP_OUTPUTS, Answers, oip_column, oip_shape
 from serving.errors import InputError, PermissionDeniedError, UnknownModelError
 from serving.grpc.context import deadline_of
 from serving.grpc.status import handle_errors
@@ -38,8 +38,7 @@ from serving.runtime.dataplane import DataPlane
 from serving.runtime.models import ServedModel
 
 INPUT = "input"
-OUTPUTS = ("probabilities", "class_index", "class_name", "verdict", "attack_score",
-           "detector_scores", "detector_flags", "answered_by")
+OUTPUTS = tuple(OIP_OUTPUTS)
 
 
 def _version() -> str:
@@ -128,24 +127,10 @@ def infer_response(answers: Answers, wanted: list[str], request_id: str) -> pb.M
         response.parameters["thresholds"].string_param = ",".join(
             f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
     response.parameters["action"].string_param = answers.action
+    k = len(answers.pipeline.bundle.labels)
     for name in wanted:
-        if name == "probabilities":
-            probs = answers.probability_rows()
-            _output(response, name, "FP32", probs, probs.shape)
-        elif name == "class_index":
-            _output(response, name, "INT64", answers.class_indices(), (n,))
-        elif name == "class_name":
-            _output(response, name, "BYTES", answers.class_names(), (n,))
-        elif name == "verdict":
-            _output(response, name, "BYTES", answers.verdict_names(), (n,))
-        elif name == "attack_score":
-            _output(response, name, "FP32", answers.attack_scores(), (n,))
-        elif name == "detector_scores":
-            _output(response, name, "FP32", answers.detector_scores(), (n, d))
-        elif name == "detector_flags":
-            _output(response, name, "BOOL", answers.detector_flags(), (n, d))
-        elif name == "answered_by":
-            _output(response, name, "BYTES", [answers.answered_by(i).encode() for i in range(n)], (n,))
+        array = oip_column(answers, name)
+        _output(response, name, OIP_OUTPUTS[name], array, oip_shape(name, n, k, d))
     return response
 
 
@@ -179,12 +164,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                             platform="advguard_guarded_onnx")
         response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
         offered = outputs_for(self.plane.full)
-        for name, datatype, shape in (("probabilities", "FP32", [-1, k]), ("class_index", "INT64", [-1]),
-                                      ("class_name", "BYTES", [-1]), ("verdict", "BYTES", [-1]),
-                                      ("attack_score", "FP32", [-1]), ("detector_scores", "FP32", [-1, d]),
-                                      ("detector_flags", "BOOL", [-1, d]), ("answered_by", "BYTES", [-1])):
-            if name in offered:
-                response.outputs.add(name=name, datatype=datatype, shape=shape)
+        for name in offered:
+            response.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=oip_shape(name, -1, k, d))
         guard = bundle.guard or {}
         response.parameters["robustness_card"].string_param = json.dumps(bundle.robustness or {})
         response.parameters["verdict_calibration"].string_param = json.dumps(guard.get("verdict", {}))

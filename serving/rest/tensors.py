@@ -19,39 +19,15 @@ import json
 
 import numpy as np
 
-from serving.answer import Answers
+from serving.answer import OIP_OUTPUTS, Answers, oip_column, oip_shape
 from serving.errors import InputError
 from serving.grpc.inference import INPUT, pack_bytes, unpack_bytes
 from serving.preprocess import check_count, tensor_to_array
 from serving.runtime.decode import Decoder
 from serving.runtime.models import ServedModel
 
-# each output's datatype and its shape for N images, K classes, D detectors (as gRPC sends them)
-OUTPUT_TYPES = {"probabilities": "FP32", "class_index": "INT64", "class_name": "BYTES", "verdict": "BYTES",
-                "attack_score": "FP32", "detector_scores": "FP32", "detector_flags": "BOOL", "answered_by": "BYTES"}
-
-
-def output_shape(name: str, n: int, k: int, d: int) -> list[int]:
-    return [n, k] if name == "probabilities" else [n, d] if name.startswith("detector_") else [n]
-
-
-def column(answers: Answers, name: str) -> np.ndarray | list[bytes]:
-    """Output `name` of a batch's answers, as the tensor wires send it."""
-    if name == "probabilities":
-        return answers.probability_rows()
-    if name == "class_index":
-        return answers.class_indices()
-    if name == "class_name":
-        return answers.class_names()
-    if name == "verdict":
-        return answers.verdict_names()
-    if name == "attack_score":
-        return answers.attack_scores()
-    if name == "detector_scores":
-        return answers.detector_scores()
-    if name == "detector_flags":
-        return answers.detector_flags()
-    return [answers.answered_by(i).encode() for i in range(len(answers))]
+# the outputs' table is the answer builder's (the same for gRPC and REST)
+OUTPUT_TYPES, output_shape, column = OIP_OUTPUTS, oip_shape, oip_column
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:

@@ -40,11 +40,9 @@ def _loss_and_served(twin: BundleTwin, x: torch.Tensor, y: torch.Tensor, variant
     logits = twin.primary(x)
     probs = torch.softmax(logits, dim=1)
     scores = twin.scores(x, probs) if twin.detectors else None
-    routed = twin.action == "fallback" and twin.fallback is not None and scores is not None
-    fallback_logits = twin.fallback(x) if routed or variant == "fallback" else None
-    served = logits
-    if routed:
-        served = torch.where(twin.flagged(scores.detach())[:, None], fallback_logits, logits)
+    routed = twin.routes()
+    fallback_logits = twin.fallback(x) if routed or (variant == "fallback" and twin.fallback is not None) else None
+    served = twin.route(logits, scores, fallback_logits) if routed else logits
     if variant == "served":
         loss = margin(served, y, kappa)
     elif variant == "fallback":

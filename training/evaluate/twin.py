@@ -146,14 +146,21 @@ class BundleTwin(nn.Module):
         needed = 1 if self.combine == "any" else len(self.detectors) // 2 + 1
         return votes >= needed if self.detectors else torch.zeros(len(scores), dtype=torch.bool)
 
+    def routes(self) -> bool:
+        """Flagged inputs are answered by the fallback (action fallback, with detectors)."""
+        return self.action == "fallback" and self.fallback is not None and bool(self.detectors)
+
+    def route(self, logits: torch.Tensor, scores: torch.Tensor, fallback_logits: torch.Tensor) -> torch.Tensor:
+        """The served logits from the primary's, the guard's scores and the fallback's."""
+        return torch.where(self.flagged(scores.detach())[:, None], fallback_logits, logits)
+
     def served_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The served answer's logits: the fallback's where the guard flags (action fallback),
         else the primary's."""
         logits = self.primary(x)
-        if self.action != "fallback" or self.fallback is None or not self.detectors:
+        if not self.routes():
             return logits
-        flagged = self.flagged(self.scores(x, torch.softmax(logits, dim=1)))
-        return torch.where(flagged[:, None], self.fallback(x), logits)
+        return self.route(logits, self.scores(x, torch.softmax(logits, dim=1)), self.fallback(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.served_logits(x)
