@@ -174,8 +174,8 @@ def torchserve_rows(bundle: Path, images: np.ndarray, calls: dict[int, int], wor
     def load(ts: TorchServe, bodies: list[bytes], total: int, c: int):
         if client == "c":  # the first image, as in (c); for about as long as `total` calls take at 500/s
             return wrk.post_load(f"http://127.0.0.1:{ts.port}{ts.path}", bodies[0], "application/octet-stream",
-                                 max(1.0, total / 500), c)
-        return asyncio.run(rest_load(ts.port, ts.path, bodies, total, c))
+                                 max(1.0, total / 500), c, token=ts.token)
+        return asyncio.run(rest_load(ts.port, ts.path, bodies, total, c, token=ts.token))
 
     try:
         with TorchServe(bundle, workers=workers) as ts:

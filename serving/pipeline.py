@@ -106,7 +106,8 @@ class Pipeline:
     @classmethod
     def from_bundle(cls, bundle: Bundle, engine: EngineOptions | None = None) -> "Pipeline":
         """Build from a loaded bundle: every model runs the bytes `load_bundle` verified (each
-        file once, whatever roles it has); the bundle lets go of those bytes afterwards."""
+        file once, whatever roles it has); the bundle lets go of those bytes afterwards. A bundle
+        whose answering models do not output one score per label is refused (`check_outputs`)."""
         from serving.guard.registry import build_detectors
 
         loaded: dict[str, OnnxModel] = {}
@@ -125,7 +126,22 @@ class Pipeline:
             pipeline = cls(bundle, model("primary"), build_detectors(bundle, engine), policy, model("fallback"),
                            model("reference"))
         bundle.release_bytes()
+        pipeline.check_outputs()
         return pipeline
+
+    def check_outputs(self) -> None:
+        """Each answering model (primary, fallback, reference) outputs one score per label, or a
+        BundleError names the model file, its output width and the manifest's label count."""
+        answering: dict[str, tuple[str, OnnxModel]] = {}  # file -> (first role, model): each file runs once
+        for role, model in (("primary", self.primary), ("fallback", self.fallback), ("reference", self.reference)):
+            if model is not None:
+                answering.setdefault(self.bundle.file(role).file, (role, model))
+        x = np.zeros((1, *self.bundle.input.shape), dtype=np.float32)
+        for file, (role, model) in answering.items():
+            classes = int(model.logits(x).shape[-1])
+            if classes != len(self.labels):
+                raise BundleError(f"{self.bundle.path}: the {role} model ({file}) outputs {classes} classes but "
+                                  f"the manifest lists {len(self.labels)} labels; export the bundle again")
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -1,8 +1,14 @@
-"""Checkpoints: a state_dict plus the ModelSpec, loaded back with `weights_only=True`."""
+"""Checkpoints: a state_dict plus the ModelSpec, loaded back with `weights_only=True`.
+
+Every file here is written whole or not at all (`write_atomic`): a run killed mid-write keeps
+the previous version of the file, so `--resume` finds a loadable last.pt and readable JSON.
+"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -13,13 +19,40 @@ MODEL_FILE = "model.pt"
 LAST_FILE = "last.pt"
 
 
-def save_model(path: Path, model: nn.Module, spec: ModelSpec, extra: dict | None = None) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` whole or not at all: `write(handle)` fills `<path>.tmp` in the same folder,
+    which is flushed, fsynced and renamed over `path` (the folder fsynced too). If `write` fails
+    the temporary file is removed and `path` keeps its previous content; a kill mid-write leaves
+    `path` untouched (and a stale `.tmp`, overwritten by the next write).
+
+    Example: `write_atomic(out / "last.pt", lambda f: torch.save(state, f))`
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "spec": spec.to_dict(), "extra": extra or {}}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
+
+
+def save_atomic(payload: object, path: Path) -> None:
+    """`torch.save(payload, path)`, written whole or not at all (`write_atomic`)."""
+    write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def save_model(path: Path, model: nn.Module, spec: ModelSpec, extra: dict | None = None) -> None:
+    save_atomic({"state_dict": model.state_dict(), "spec": spec.to_dict(), "extra": extra or {}}, path)
 
 
 def load_model(path: Path | str, map_location: str = "cpu") -> tuple[nn.Module, ModelSpec]:
@@ -43,9 +76,9 @@ def load_model(path: Path | str, map_location: str = "cpu") -> tuple[nn.Module, 
 
 
 def write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """`data` as indented JSON, written whole or not at all (`write_atomic`)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def read_json(path: Path) -> dict:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.checkpoint import LAST_FILE, MODEL_FILE, save_model, write_json
+from training.checkpoint import LAST_FILE, MODEL_FILE, save_atomic, save_model, write_json
 from training.data import Split, Splits
 from training.models import ModelSpec
 
@@ -107,7 +107,8 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         resume: bool = False, trainable: list[torch.nn.Parameter] | None = None,
         after_step: Callable[[nn.Module], None] | None = None,
         epoch_order: Callable[[int, torch.Generator], torch.Tensor] | None = None) -> dict:
-    """Train `model` and write model.pt, last.pt (resume point), config.json, metrics.json.
+    """Train `model` and write model.pt, last.pt (resume point), config.json, metrics.json, each
+    whole or not at all (a kill mid-write keeps the previous last.pt, so `resume` still works).
 
     Args:
         batch_loss: the defence's per-batch loss (standard cross-entropy by default).
@@ -172,10 +173,10 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {total / seen:.4f}, val accuracy {val_acc:.4f}")
         stale = 0 if val_acc > best_val else stale + 1
         best_val = max(best_val, val_acc)
-        torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "epoch": epoch + 1, "history": history, "best_val": best_val, "stale": stale,
-                    "elapsed": elapsed, "rng": torch.get_rng_state()}, last)
+        save_atomic({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "epoch": epoch + 1, "history": history, "best_val": best_val, "stale": stale,
+                     "elapsed": elapsed, "rng": torch.get_rng_state()}, last)
         if config.patience and stale >= config.patience:
             log.info("early stop after %d epochs without improvement", stale)
             break

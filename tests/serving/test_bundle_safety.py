@@ -170,6 +170,28 @@ def test_labels_must_match_the_primary_output_size(tmp_path):
         load_pipeline(folder)
 
 
+@pytest.mark.parametrize("role", ["primary", "fallback"])
+def test_pipeline_load_refuses_a_model_whose_output_width_is_not_the_label_count(tmp_path, role):
+    """Pipeline.load (TorchServe's handler, compose's check) refuses what the server refuses: an
+    answering model with 12 outputs under 10 labels would answer class indices past the labels."""
+    from serving.pipeline import Pipeline
+
+    files = {"right.onnx": tiny_onnx(classes=10), "wrong.onnx": tiny_onnx(classes=12, seed=1)}
+    for folder, primary, fallback in ((tmp_path / "ok", "right.onnx", "right.onnx"),
+                                      (tmp_path / "bad", *(("wrong.onnx", "right.onnx") if role == "primary"
+                                                           else ("right.onnx", "wrong.onnx")))):
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        manifest = manifest_for("tiny", "1", files, labels=10, roles=[(primary, "primary"), (fallback, "fallback")])
+        manifest["guard"]["action"] = "fallback"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert Pipeline.load(tmp_path / "ok").run(X).probs.shape == (len(X), 10)
+    with pytest.raises(BundleError, match=rf"the {role} model \(wrong\.onnx\) outputs 12 classes but the "
+                                          "manifest lists 10 labels"):
+        Pipeline.load(tmp_path / "bad")
+
+
 def keys() -> tuple[bytes, bytes]:
     """(private key PEM, public key PEM) of a fresh Ed25519 key."""
     key = Ed25519PrivateKey.generate()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.torchserve_rest import read_keys, wait_ready
 from serving.guard import verdict_name
 from serving.pipeline import Pipeline
 from serving.preprocess import decode_image
@@ -38,30 +39,6 @@ def get(url: str, key: str) -> bytes:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request, timeout=30) as reply:
         return reply.read()
-
-
-def read_keys(work: Path, deadline: float) -> dict:
-    """The keys TorchServe's token authorization wrote to key_file.json in its working folder."""
-    while time.monotonic() < deadline:
-        try:
-            keys = json.loads((work / "key_file.json").read_text())
-            return {kind: keys[kind]["key"] for kind in ("inference", "management")}
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.5)
-    raise TimeoutError(f"TorchServe wrote no key_file.json in {work}")
-
-
-def wait_ready(url: str, key: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-            with urllib.request.urlopen(request, timeout=2) as reply:
-                if b"READY" in reply.read():
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"TorchServe model not READY at {url}")
 
 
 @contextlib.contextmanager

@@ -9,14 +9,13 @@ Each attack's images are cut into shards of `shard_size` in pool order. Shard j 
 seeded `seed + 7919 a + 104729 j`, and GMA (Algorithm 1) makes the i-th image of its attack at
 size Tr(eps)[i mod S], with GMA's own tries: a shard's images depend on nothing but the shard, so
 a run that stopped and resumed makes the same pool as one that did not. With `folder`, each shard
-is written as it is made (to a temporary file, then `os.replace`d: a file is whole or absent)
+is written as it is made (`training.checkpoint.save_atomic`: a file is whole or absent)
 and a shard already there is loaded, never recomputed; a stop loses at most the shard in flight.
 Each shard records its wall time (`seconds`): `training.defenses.mia.plan` reads the rates.
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.attacks import Attack
+from training.checkpoint import save_atomic
 from training.data import Split
 from training.defenses.mia.data import AdversarialSet, AttackSpec
 from training.options import build_config
@@ -66,14 +66,6 @@ def fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
                      for i in range(0, len(x), batch_size)]) if len(x) else torch.zeros(0, dtype=torch.bool)
     model.train(was)
     return out
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: `path` is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def shard_folder(folder: Path, a: int, spec: AttackSpec) -> Path:

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.checkpoint import save_atomic, write_json
 from training.data import Splits
 from training.defenses.mia.config import MIAConfig
-from training.defenses.mia.craft import craft_per_attack, craft_pool, save_atomic
+from training.defenses.mia.craft import craft_per_attack, craft_pool
 from training.defenses.mia.data import AdversarialSet, adversarial_count
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,7 @@ def _check_definition(folder: Path, definition: dict, resume: bool) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    tmp = path.with_name(POOL_FILE + ".tmp")
-    tmp.write_text(json.dumps(definition, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(path, definition)
 
 
 def adversarial_sets(cfg: MIAConfig, out: Path, source: nn.Module, splits: Splits, resume: bool,
