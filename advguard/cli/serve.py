@@ -2,8 +2,9 @@
 
 On start-up it prints one line to stdout once every bundle is loaded and the port is open:
 `advguard ready {"host": ..., "port": ..., "metrics_port": ..., "http_port": ..., "models": {...}}`
-(http_port null unless --http-port), and on exit
-`advguard stopped {"OK": n, ...}` (calls by status code). Logs go to stderr.
+(http_port null unless --http-port; with --workers N > 1 also `"workers": [pid, ...]`), and on
+exit `advguard stopped {"OK": n, ...}` (calls by status code, summed over the workers). Logs go
+to stderr.
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def parse_ready(line: str) -> dict:
     return json.loads(line[len(READY):])
 
 
+def worker_count(text: str) -> int:
+    """--workers: an integer >= 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (1: one process, as by default), got {count}")
+    return count
+
+
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="model_store", help="model store: <store>/<name>/<version>/manifest.json")
     p.add_argument("--host", default="127.0.0.1", help="address gRPC binds (0.0.0.0: every interface)")
@@ -38,6 +50,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-model", default="", help="bundle used when a request names none (default: first by name)")
     p.add_argument("--poll-seconds", type=float, default=5.0,
                    help="hot reload: scan the store for new or removed version folders this often (0: never)")
+    p.add_argument("--workers", type=worker_count, default=1,
+                   help="server processes sharing --port and --http-port (SO_REUSEPORT) with one /metrics "
+                        "over all of them (default 1: this process serves; more than the cores: a warning)")
     g = p.add_argument_group("engine and batching")
     g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0: one per core)")
     g.add_argument("--spin", action="store_true", help="let ONNX Runtime's idle threads spin (only on a dedicated machine)")
@@ -134,10 +149,16 @@ def run_serve(args: argparse.Namespace) -> int:
     def ready(info: dict) -> None:
         print(f"{READY}{json.dumps(info)}", flush=True)
 
-    counts = asyncio.run(serve(settings_from_args(args), on_ready=ready))
+    settings = settings_from_args(args)
+    if args.workers > 1:
+        from serving.workers import serve_workers
+
+        code, counts = serve_workers(settings, args.workers, on_ready=ready)
+    else:
+        code, counts = 0, asyncio.run(serve(settings, on_ready=ready))
     print(f"advguard stopped {json.dumps(counts)}", flush=True)
     sys.stdout.flush()
-    return 0
+    return code
 
 
 # The shape every subcommand module has (see `advguard.cli.main`).

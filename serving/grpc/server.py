@@ -27,7 +27,8 @@ from serving.runtime.batcher import BatchingOptions
 from serving.runtime.dataplane import DataPlane
 from serving.engine import EngineOptions
 from serving.grpc.interceptors import ServerInterceptor
-from serving.metrics import Metrics
+from serving.client import is_loopback
+from serving.metrics import Metrics, calls_by_code
 from serving.grpc.inference import InferenceServicer
 from serving.preprocess import Limits
 from serving.runtime.models import ModelManager
@@ -63,7 +64,9 @@ class ServerSettings:
     guard (`serving.answer`: verdict | full); allow_skip_guard: honour requests' skip_guard;
     default_deadline_seconds: the deadline of calls that set none (None: none);
     drain_seconds: after SIGTERM, how long new calls are answered UNAVAILABLE (health
-    NOT_SERVING) before the port closes, so calls already on their way are not cut off."""
+    NOT_SERVING) before the port closes, so calls already on their way are not cut off;
+    reuse_port: share port and http_port with other processes that set it (SO_REUSEPORT: the
+    workers of `serving.workers`); off, a port already in use is an error."""
 
     store: Path = Path("model_store")
     host: str = "127.0.0.1"
@@ -87,25 +90,12 @@ class ServerSettings:
     auth_token: str | None = None
     tls: TLSFiles | None = None
     bundle_checks: BundleChecks = field(default_factory=BundleChecks)  # file size cap, --trust-key
-
-
-def call_counts(metrics: Metrics) -> dict[str, int]:
-    """Calls finished so far, by status code (all methods)."""
-    counts: dict[str, int] = {}
-    for family in metrics.requests.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                code = sample.labels["code"]
-                counts[code] = counts.get(code, 0) + int(sample.value)
-    return counts
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+    reuse_port: bool = False
 
 
 def check_exposure(settings: ServerSettings) -> None:
     """Refuse settings that would send a bearer token in clear text over a network."""
-    if settings.auth_token and settings.tls is None and settings.host not in LOOPBACK and not settings.allow_plaintext_token:
+    if settings.auth_token and settings.tls is None and not is_loopback(settings.host) and not settings.allow_plaintext_token:
         raise ValueError(f"a bearer token over plaintext gRPC on {settings.host} would travel in clear text: "
                          "add --tls-cert/--tls-key, serve on loopback behind a TLS proxy, or pass "
                          "--allow-plaintext-token if the network is trusted")
@@ -119,7 +109,7 @@ async def serve(settings: ServerSettings, on_ready: Callable[[dict], None] | Non
                           settings.bundle_checks)  # each served version runs on threads of its own
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes),
-               ("grpc.so_reuseport", 0)]
+               ("grpc.so_reuseport", int(settings.reuse_port))]
     interceptor = ServerInterceptor(metrics, settings.auth_token, HEALTH_METHODS)
     server = grpc.aio.server(options=options, interceptors=[interceptor],
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
@@ -191,6 +181,6 @@ async def serve(settings: ServerSettings, on_ready: Callable[[dict], None] | Non
         await rest.stop(settings.grace_seconds)
     await models.close()
     plane.decoder.close()
-    counts = call_counts(metrics)
+    counts = calls_by_code(metrics.requests.collect())
     log.info("stopped; calls by status: %s", counts)
     return counts

@@ -29,20 +29,6 @@ from serving.runtime.store import StoreUnavailableError, survey
 log = logging.getLogger(__name__)
 
 
-def check_outputs(pipeline: Pipeline) -> None:
-    """Each answering model (primary, fallback, reference) must output one score per label."""
-    bundle = pipeline.bundle
-    x = np.zeros((1, *bundle.input.shape), dtype=np.float32)
-    for role, model in (("primary", pipeline.primary), ("fallback", pipeline.fallback),
-                        ("reference", pipeline.reference)):
-        if model is None:
-            continue
-        classes = int(model.logits(x).shape[-1])
-        if classes != len(bundle.labels):
-            raise BundleError(f"{bundle.path}: the {role} model ({bundle.file(role).file}) outputs {classes} classes "
-                              f"but the manifest lists {len(bundle.labels)} labels; export the bundle again")
-
-
 def load_pipeline(folder: Path, engine: EngineOptions | None = None, checks: BundleChecks | None = None,
                   same_as: Bundle | None = None) -> Pipeline | None:
     """Load, verify and warm up the bundle in `folder` (`<store>/<name>/<version>`); the folder's
@@ -54,8 +40,7 @@ def load_pipeline(folder: Path, engine: EngineOptions | None = None, checks: Bun
     if (bundle.name, bundle.version) != (folder.parent.name, folder.name):
         raise BundleError(f"{folder}: manifest says {bundle.name} version {bundle.version}; a bundle "
                           f"lives in <store>/<name>/<version>/ with the manifest's name and version")
-    pipeline = Pipeline.from_bundle(bundle, engine)
-    check_outputs(pipeline)
+    pipeline = Pipeline.from_bundle(bundle, engine)  # refuses models whose outputs do not match the labels
     pipeline.warm_up()
     return pipeline
 

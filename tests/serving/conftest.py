@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class ServerProcess:
     metrics_port: int | None
     store: Path
     log: Path
+    ready: dict = field(default_factory=dict)  # the ready line's JSON
 
     @property
     def target(self) -> str:
@@ -67,7 +68,7 @@ def start_server(store: Path, log: Path, *args: str, env: dict | None = None) ->
         proc.kill()
         proc.wait()
         raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}") from None
-    return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log)
+    return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log, info)
 
 
 def clone_bundle(src: Path, store: Path, name: str, version: str, guard: dict | None = None) -> Path:
