@@ -106,7 +106,7 @@ def start(name: str, args, bundle: Path, model_file: Path, model: str) -> Server
     if name == "advguard":
         cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", args.store, "--port", "0",
                "--metrics-port", "0", "--http-port", "0", "--poll-seconds", "0", "--threads", threads,
-               "--allow-skip-guard", "--default-model", model]
+               "--allow-skip-guard", "--default-model", model, "--workers", str(args.advguard_workers)]
         return Server(name, cmd, model, 0, 0, ready_line=True)
     python = VENVS / name / "bin" / "python"
     if not python.exists():
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (the fastest per row is shown)")
     p.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     p.add_argument("--mlserver-workers", type=int, default=1, help="MLServer's parallel_workers (its default: 1)")
+    p.add_argument("--advguard-workers", type=int, default=1,
+                   help="advguard's --workers (server processes on one port; scaling runs: 1, 2, 4, 8 with 2N cores)")
     args = p.parse_args(argv)
     if not (h2load.available() and wrk.available()):
         raise SystemExit("h2load and wrk are needed: `make loadgen-tools` (apt-get install nghttp2-client wrk)")

@@ -45,7 +45,9 @@ def card_table(manifest: dict) -> str:
              f"{_pct(verdict.get('target_fpr'))}, measured {_pct(verdict.get('calibration', {}).get('measured_fpr'))} "
              f"on calibration and {_pct(verdict.get('fresh', {}).get('measured_fpr'))} on "
              f"{verdict.get('fresh', {}).get('images', '?')} fresh test images",
-             f"card: {card['profile']} profile, {card['n']} {card['split']} images, L-inf eps {card['eps']}, "
+             f"card: {card['profile']} profile, {card['n']} {card['split']} images"
+             + ("" if card.get("complete", True) else f" (PARTIAL: {card['n']} of {card.get('images_planned')})")
+             + f", L-inf eps {card['eps']}, "
              f"{card['date']} ({card.get('machine', '')}), {card.get('seconds', '?')} s",
              "",
              "| attack | kind | served accuracy | flagged | detected among successful | right or flagged |",

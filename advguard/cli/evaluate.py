@@ -26,9 +26,18 @@ def _suites() -> dict[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     suites = _suites()
-    p.add_argument("--model", required=True, help="run folder or checkpoint file")
-    p.add_argument("--suite", default="standard", choices=list(suites), metavar="NAME",
-                   help="; ".join(f"{name}: {text}" for name, text in suites.items()) + " (default standard)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="run folder or checkpoint file")
+    target.add_argument("--bundle", help="bundle version folder (model_store/NAME/VERSION), with --suite card")
+    p.add_argument("--suite", default="standard", choices=[*suites, CARD], metavar="NAME",
+                   help="; ".join(f"{name}: {text}" for name, text in suites.items())
+                   + f"; {CARD}: a bundle's robustness card, adaptive attacks included (with --bundle) (default standard)")
+    p.add_argument("--profile", choices=["quick", "full"], default="quick",
+                   help="card profile: quick (500 test images) or full (all 10,000, more restarts and steps)")
+    p.add_argument("--work-dir", default=None,
+                   help="card: folder for finished shards, so an interrupted card resumes (default OUT/shards)")
+    p.add_argument("--partial", action="store_true",
+                   help="card: build the card from the shards already finished in --work-dir, evaluate nothing new")
     p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixels in [0, 1])")
     p.add_argument("--restarts", type=int, default=5, help="PGD restarts (standard/distill/pgd40 suites)")
     p.add_argument("--temperature", type=float, default=None,
@@ -54,8 +63,9 @@ def run_card(args: argparse.Namespace) -> int:
     config = PROFILES[args.profile]
     if args.n != 1000:  # --n given: override the profile's image count
         config = replace(config, n=args.n)
-    card = evaluate_bundle(Path(args.bundle), splits.test.x, splits.test.y, config, profile=args.profile)
     out = Path(args.out)
+    card = evaluate_bundle(Path(args.bundle), splits.test.x, splits.test.y, config, profile=args.profile,
+                           work_dir=Path(args.work_dir) if args.work_dir else out / "shards", partial=args.partial)
     out.mkdir(parents=True, exist_ok=True)
     (out / "card.json").write_text(json.dumps(card, indent=2))
     table = card_table({**manifest, "robustness": card})
@@ -66,8 +76,8 @@ def run_card(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite == CARD or getattr(args, "bundle", None):
-        if not getattr(args, "bundle", None) or args.suite != CARD:
+    if args.suite == CARD or args.bundle:
+        if not args.bundle or args.suite != CARD:
             raise ValueError("a bundle is evaluated with --bundle DIR --suite card; a run with --model RUN")
         return run_card(args)
     from training.checkpoint import load_model, read_json, write_json

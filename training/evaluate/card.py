@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from serving.bundle import load_bundle
 from serving.guard import Verdict
 from serving.pipeline import Pipeline
 from training.attacks import create_attack
 from training.evaluate.adaptive import VARIANTS, adaptive_pgd
+from training.evaluate.card_shards import Served, ShardRow, ShardStore, shard_key
 from training.evaluate.twin import BundleTwin
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ class CardConfig:
     """Args: n test images (the first n); eps; sweep: extra eps for FGSM/PGD; pgd_steps, restarts;
     cw_steps, cw_binary_steps; square_queries; adaptive_steps, adaptive_restarts, penalties (one
     `evade` run per weight); batch_size; masking_margin (Square beating the white-box worst case
-    by more than this share marks the white-box figures as gradient-masked)."""
+    by more than this share marks the white-box figures as gradient-masked); shard: images per
+    resumable shard (see `evaluate_bundle`)."""
 
     n: int = 500
     eps: float = 0.1
@@ -59,10 +62,11 @@ class CardConfig:
     penalties: tuple[float, ...] = (1.0, 10.0)
     batch_size: int = 500
     masking_margin: float = 0.02
+    shard: int = 500
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.eps <= 0:
-            raise ValueError(f"n must be >= 1 and eps > 0, got n={self.n}, eps={self.eps}")
+        if self.n < 1 or self.eps <= 0 or self.shard < 1:
+            raise ValueError(f"n and shard must be >= 1 and eps > 0, got n={self.n}, shard={self.shard}, eps={self.eps}")
 
 
 PROFILES = {
@@ -70,8 +74,9 @@ PROFILES = {
     "quick": CardConfig(n=500, restarts=1, cw_steps=50, cw_binary_steps=3, square_queries=500,
                         adaptive_steps=50, adaptive_restarts=1, penalties=(10.0,)),
     # `make bundle-best`'s card: every test image, more restarts, steps, queries and penalty weights
-    "full": CardConfig(n=10_000, restarts=5, cw_steps=100, cw_binary_steps=5, square_queries=1000,
-                       adaptive_steps=100, adaptive_restarts=3, penalties=(1.0, 10.0, 100.0)),
+    # (sized so that the 20 shards fit a night of 2 cores; each shard resumes on its own)
+    "full": CardConfig(n=10_000, restarts=2, cw_steps=100, cw_binary_steps=3, square_queries=1000,
+                       adaptive_steps=100, adaptive_restarts=2, penalties=(1.0, 10.0, 100.0)),
 }
 
 
@@ -85,15 +90,6 @@ class ServedBlackBox(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.pipeline.run(x.detach().numpy().astype(np.float32)).probs
         return torch.log(torch.from_numpy(probs).clamp_min(1e-12))
-
-
-@dataclass
-class Served:
-    """What the pipeline answered for a set of images."""
-
-    correct: np.ndarray          # served answer right
-    flagged: np.ndarray          # verdict ADVERSARIAL
-    primary_correct: np.ndarray  # the primary alone right
 
 
 def served(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, batch_size: int) -> Served:
@@ -123,32 +119,16 @@ def _batched(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch
     return torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig = CardConfig(),
-                    profile: str = "custom", split: str = "test") -> dict:
-    """The robustness card of the bundle at `path` on images `x` (N x C x H x W in [0, 1]), labels `y`."""
-    began_all = time.perf_counter()
-    torch.manual_seed(0)
-    bundle = load_bundle(path)
-    pipeline = Pipeline.load(path)
-    twin = BundleTwin.load(path)
-    x, y = x[:config.n].float(), y[:config.n].long()
-    xn, yn = x.numpy(), y.numpy()
-    parity = twin.parity(pipeline, xn[:256])
-    if parity["max_score_diff"] > PARITY_TOLERANCE:
-        log.warning("twin and served pipeline differ: %s", parity)
-    bs = config.batch_size
-    clean = served(pipeline, xn, yn, bs)
-    rows = [row("clean", "clean", {}, clean, clean, 0.0)]
-    per_image: dict[str, np.ndarray] = {}
+def evaluate_shard(pipeline: Pipeline, twin: BundleTwin, x: torch.Tensor, y: torch.Tensor,
+                   config: CardConfig) -> list[ShardRow]:
+    """Every card row on one shard of images: the clean row first, then each attack in card order."""
+    xn, yn, bs = x.numpy(), y.numpy(), config.batch_size
+    rows = [ShardRow("clean", "clean", {}, served(pipeline, xn, yn, bs), 0.0)]
 
     def run(label: str, kind: str, params: dict, make) -> None:
         t = time.perf_counter()
         x_adv = make()
-        s = served(pipeline, x_adv.numpy(), yn, bs)
-        rows.append(row(label, kind, params, s, clean, time.perf_counter() - t))
-        if params.get("eps", config.eps) == config.eps and params.get("norm") != "l2":
-            per_image[label] = s.correct  # the L-inf rows at eps, for the worst cases
-        log.info("card %s: served accuracy %.4f, flagged %.4f", label, rows[-1]["served_accuracy"], rows[-1]["flagged"])
+        rows.append(ShardRow(label, kind, params, served(pipeline, x_adv.numpy(), yn, bs), time.perf_counter() - t))
 
     primary = twin.primary
     eps, steps, restarts = config.eps, config.pgd_steps, config.restarts
@@ -166,7 +146,6 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
     square = {"eps": eps, "max_queries": config.square_queries}
     run(f"Square {config.square_queries}q (served answer)", "black-box", square,
         lambda: _batched(create_attack("square", ServedBlackBox(pipeline), **square), x, y, bs))
-    adaptive_labels = []
     for variant in VARIANTS:
         for penalty in (config.penalties if variant == "evade" else (0.0,)):
             label = f"adaptive {variant}" + (f" penalty={penalty:g}" if variant == "evade" else "")
@@ -177,7 +156,51 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
                     adaptive_pgd(twin, x[i:i + bs], y[i:i + bs], variant, eps, config.adaptive_steps,
                                  restarts=config.adaptive_restarts, penalty=penalty)
                     for i in range(0, len(x), bs)]))
-            adaptive_labels.append(label)
+    return rows
+
+
+def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig = CardConfig(),
+                    profile: str = "custom", split: str = "test", work_dir: Path | None = None,
+                    partial: bool = False) -> dict:
+    """The robustness card of the bundle at `path` on images `x` (N x C x H x W in [0, 1]), labels `y`.
+
+    Images are evaluated in shards of `config.shard`; with `work_dir`, each finished shard is
+    written there and a later call with the same bundle models and config skips it (a full card
+    resumes where it stopped). `partial`: build the card from the shards already in `work_dir`
+    (at least one) instead of evaluating the missing ones; the card then says `complete: false`."""
+    began_all = time.perf_counter()
+    bundle = load_bundle(path)
+    pipeline = Pipeline.load(path)
+    twin = BundleTwin.load(path)
+    x, y = x[:config.n].float(), y[:config.n].long()
+    parity = twin.parity(pipeline, x.numpy()[:256])
+    if parity["max_score_diff"] > PARITY_TOLERANCE:
+        log.warning("twin and served pipeline differ: %s", parity)
+    store = ShardStore(work_dir, shard_key(bundle, config, split)) if work_dir is not None else None
+    starts = range(0, len(x), config.shard)
+    shards: list[list[ShardRow]] = []
+    for k, lo in enumerate(tqdm(starts, desc="card shards", unit="shard", disable=len(starts) < 2)):
+        done = store.load(k) if store is not None else None
+        if done is None and not partial:
+            torch.manual_seed(k)  # each shard reproducible alone, whatever order the shards ran in
+            done = evaluate_shard(pipeline, twin, x[lo:lo + config.shard], y[lo:lo + config.shard], config)
+            if store is not None:
+                store.save(k, done)
+            log.info("card shard %d/%d done (%d images)", k + 1, len(starts), len(done[0].served.correct))
+        if done is not None:
+            shards.append(done)
+    if not shards:
+        raise FileNotFoundError(f"no finished card shard in {work_dir}: run the card without --partial first")
+    evaluated = sum(len(s[0].served.correct) for s in shards)
+    merged = [ShardRow.merge([s[i] for s in shards]) for i in range(len(shards[0]))]
+    clean = merged[0].served
+    rows = [row(r.label, r.kind, r.params, r.served, clean, r.seconds) for r in merged]
+    per_image = {r.label: r.served.correct for r in merged[1:]
+                 if r.params.get("eps", config.eps) == config.eps and r.params.get("norm") != "l2"}
+    for r in rows[1:]:
+        log.info("card %s: served accuracy %.4f, flagged %.4f", r["label"], r["served_accuracy"], r["flagged"])
+    adaptive_labels = [r.label for r in merged if r.kind == "adaptive"]
+    eps = config.eps
     adaptive_worst = np.logical_and.reduce([per_image[k] for k in adaptive_labels]) & clean.correct
     all_worst = np.logical_and.reduce(list(per_image.values())) & clean.correct
     white_box = [r["served_accuracy"] for r in rows if r["kind"] in ("non-adaptive", "adaptive")
@@ -190,7 +213,8 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "profile": profile, "config": asdict(config), "split": split, "n": int(len(x)), "eps": eps,
+        "profile": profile, "config": asdict(config), "split": split, "n": evaluated, "eps": eps,
+        "complete": evaluated == len(x), "images_planned": int(len(x)),
         "norm": "linf", "models": {m.file: m.sha256 for m in bundle.models},
         "twin_parity": parity, "twin_differentiable": twin.differentiable(),
         "clean": {"served_accuracy": rows[0]["served_accuracy"], "verdict_fpr": rows[0]["flagged"],
@@ -199,5 +223,6 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
         "adaptive_worst_case_accuracy": round(float(adaptive_worst.mean()), 4),
         "worst_case_accuracy": round(float(all_worst.mean()), 4),
         "gradient_masking_suspected": masked,
-        "seconds": round(time.perf_counter() - began_all, 1),
+        "seconds": round(sum(r.seconds for r in merged), 1),
+        "wall_seconds_this_call": round(time.perf_counter() - began_all, 1),
     }

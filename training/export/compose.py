@@ -171,8 +171,9 @@ def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> P
     if config.mia_run is not None:
         from training.export.bundle_export import add_mia_detector
 
-        mia_entry = add_mia_detector(Path(config.mia_run), out, splits)
+        mia_entry, mia_twin = add_mia_detector(Path(config.mia_run), out, splits, parity_x)
         models.append(mia_entry)
+        twins.append(mia_twin)
         spec = replace(spec, options={**spec.options, "mia-vote": {"file": mia_entry["file"]}})
     reference = OnnxModel.load(out / files[Path(config.reference).resolve()]["file"]) if config.reference else None
     guard = calibrate(OnnxModel.load(out / "model.onnx"), splits.val.x.numpy(), spec, bundle_dir=out,
@@ -198,7 +199,10 @@ def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> P
         from training.evaluate.card import PROFILES, evaluate_bundle
 
         card_config = PROFILES[config.card]
-        manifest["robustness"] = evaluate_bundle(out, splits.test.x, splits.test.y, card_config, profile=config.card)
+        # finished shards live beside the bundle versions, so a rerun after an interruption resumes
+        shards = Path(store) / config.name / f".card-{config.card}"
+        manifest["robustness"] = evaluate_bundle(out, splits.test.x, splits.test.y, card_config, profile=config.card,
+                                                 work_dir=shards)
         write_manifest(out, manifest)
     if config.torchserve:
         from training.export.torchserve import build_mar

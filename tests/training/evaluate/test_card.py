@@ -87,3 +87,33 @@ def test_masked_gradient_raises_the_warning(defended_bundle, fmnist_small, monke
     masked_card = evaluate_bundle(bundle, fmnist_small.test.x, fmnist_small.test.y, config)
     rows = {r["kind"]: r for r in masked_card["attacks"]}
     assert masked_card["gradient_masking_suspected"], rows
+
+
+def test_an_interrupted_card_resumes_from_its_finished_shards(defended_bundle, fmnist_small, tmp_path, monkeypatch):
+    """A card in shards of 40 images: the shards a first call finished are read back, not
+    evaluated again, and the card built from them equals the one computed in one go."""
+    import training.evaluate.card as card_module
+
+    config = CardConfig(n=80, sweep=(), pgd_steps=5, restarts=1, cw_steps=3, cw_binary_steps=1, square_queries=50,
+                        adaptive_steps=5, adaptive_restarts=1, penalties=(10.0,), batch_size=40, shard=40)
+    x, y = fmnist_small.test.x, fmnist_small.test.y
+    whole = evaluate_bundle(defended_bundle, x, y, config, work_dir=tmp_path / "shards")
+    assert whole["complete"] and whole["n"] == 80 and len(list((tmp_path / "shards").glob("shard-*.npz"))) == 2
+    (tmp_path / "shards" / "shard-0001.npz").unlink()  # as if it had stopped during shard 1
+
+    partial = evaluate_bundle(defended_bundle, x, y, config, work_dir=tmp_path / "shards", partial=True)
+    assert not partial["complete"] and partial["n"] == 40 and partial["images_planned"] == 80
+
+    evaluated = []
+    real = card_module.evaluate_shard
+    monkeypatch.setattr(card_module, "evaluate_shard", lambda *a: evaluated.append(len(a[2])) or real(*a))
+    resumed = evaluate_bundle(defended_bundle, x, y, config, work_dir=tmp_path / "shards")
+    assert evaluated == [40]  # only the missing shard
+    for key in ("clean", "adaptive_worst_case_accuracy", "worst_case_accuracy", "n", "complete"):
+        assert resumed[key] == whole[key], key
+    assert [r["served_accuracy"] for r in resumed["attacks"]] == [r["served_accuracy"] for r in whole["attacks"]]
+
+    other = CardConfig(**{**config.__dict__, "pgd_steps": 6})  # another config: the shards do not count
+    evaluated.clear()
+    evaluate_bundle(defended_bundle, x, y, other, work_dir=tmp_path / "shards")
+    assert evaluated == [40, 40]
