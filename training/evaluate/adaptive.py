@@ -7,8 +7,10 @@ bundle's PyTorch twin (`training.evaluate.twin`) with a different loss; per imag
 point the twin answers wrongly is kept, and the caller checks it on the served ONNX pipeline.
 
 Variants (`VARIANTS`):
-- `evade`: fool the primary while keeping every detector's score under its threshold (a
-  hinge penalty, weight `penalty`), so the primary's wrong answer is served unflagged;
+- `evade`: fool the primary (toward one of its classes, never mia-vote's "adversarial") while
+  keeping every detector's score under its threshold (a hinge penalty, weight `penalty`, on each
+  detector's differentiable excess, `BundleTwin.guard_terms`: for mia-vote a surrogate of the
+  hard vote share), so the primary's wrong answer is served unflagged;
 - `fallback`: fool the fallback and the primary together, so the answer is wrong whichever way
   the guard routes it;
 - `served`: fool the served answer itself (the gradient follows the branch the policy takes).
@@ -39,7 +41,7 @@ def _loss_and_served(twin: BundleTwin, x: torch.Tensor, y: torch.Tensor, variant
     """(per-image loss to minimise, the served answer's class at `x`), from one pass of each model."""
     logits = twin.primary(x)
     probs = torch.softmax(logits, dim=1)
-    scores = twin.scores(x, probs) if twin.detectors else None
+    scores, excess = twin.guard_terms(x, probs) if twin.detectors else (None, None)
     routed = twin.routes()
     fallback_logits = twin.fallback(x) if routed or (variant == "fallback" and twin.fallback is not None) else None
     served = twin.route(logits, scores, fallback_logits) if routed else logits
@@ -49,10 +51,8 @@ def _loss_and_served(twin: BundleTwin, x: torch.Tensor, y: torch.Tensor, variant
         loss = margin(fallback_logits if fallback_logits is not None else logits, y, kappa) + margin(logits, y, kappa)
     else:
         loss = margin(logits, y, kappa)
-        if scores is not None:
-            thresholds = twin.thresholds()
-            # push each score below 90% of its threshold, in units of the threshold
-            loss = loss + penalty * torch.relu(scores - 0.9 * thresholds).div(thresholds.clamp(min=1e-3)).sum(dim=1)
+        if excess is not None:  # push each score safely under its threshold
+            loss = loss + penalty * excess.sum(dim=1)
     return loss, served.detach().argmax(dim=1)
 
 

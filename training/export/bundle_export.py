@@ -9,8 +9,7 @@ from pathlib import Path
 
 from serving.bundle import BundleError, load_bundle, next_version, sha256_file, write_manifest
 from serving.engine import OnnxModel
-from training.checkpoint import read_json
-from training.checkpoint import load_model
+from training.checkpoint import MODEL_FILE, load_model, read_json
 from training.data import DataConfig, load_splits
 from training.export.calibrate import GuardSpec, calibrate
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
@@ -96,6 +95,27 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
     out.rename(final)
     log.info("exported %s (parity %.2e)", final, parity)
     return final
+
+
+def copy_twin(run: Path, of: str, out: Path) -> dict:
+    """Keep `run`'s checkpoint as the PyTorch twin of the bundle's model file `of`, under
+    `out/twins/`; returns the manifest's `twins` entry (file, sha256, of)."""
+    twin = Path(out) / "twins" / f"{Path(of).stem}.pt"
+    twin.parent.mkdir(exist_ok=True)
+    shutil.copyfile(Path(run) / MODEL_FILE, twin)
+    return {"file": str(twin.relative_to(out)), "sha256": sha256_file(twin), "of": of}
+
+
+def add_mia_detector(mia_run: Path, out: Path, splits, images) -> tuple[dict, dict]:
+    """`advguard bundle`'s MIA ensemble: `mia_run`'s ensemble, checked against the primary's data
+    (`splits`: input shape, labels, data set), exported to `out/mia.onnx` (parity on `images`),
+    its checkpoint kept as the twin the robustness card attacks. Returns (models entry, twins entry)."""
+    from training.defenses.mia.detector import export_mia_detector, load_mia_run
+
+    shape = tuple(splits.input_shape)
+    ensemble = load_mia_run(Path(mia_run), shape, tuple(splits.labels), splits.name)
+    entry = export_mia_detector(ensemble, Path(mia_run), Path(out), shape, images)
+    return entry, copy_twin(Path(mia_run), entry["file"], Path(out))
 
 
 def _detector_names(guard: dict | GuardSpec | None) -> tuple[str, ...]:
