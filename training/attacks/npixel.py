@@ -87,7 +87,8 @@ class NPixel(Attack):
     Every image's whole population is evaluated in batched forward passes per generation
     (across the batch of images, not one image at a time); for `nn.Sequential` CNNs only the
     window the candidate's pixels reach is recomputed through the conv layers
-    (`LocalEvaluator`, exact). An image stops spending queries once a candidate fools the
+    (`LocalEvaluator`, exact); a model with a `candidate_evaluator(x)` method supplies its own
+    exact scorer with the same interface. An image stops spending queries once a candidate fools the
     model. Budget: `max_queries` per image (0: popsize * (steps + 1)). Changes at most N pixels.
     `precision="bfloat16"` scores candidates with a bfloat16 copy of the model (about twice
     as fast on CPUs with AVX512-BF16 or AMX): the search ranks candidates approximately, and
@@ -158,7 +159,13 @@ class NPixel(Attack):
         return torch.minimum(mutant.clamp_min(0), limits)
 
     def _evaluator(self, x: torch.Tensor) -> LocalEvaluator:
-        """The candidate scorer: the batch-norm-folded model, in the configured precision."""
+        """The candidate scorer: the model's own when it offers one (`candidate_evaluator(x)`,
+        e.g. a volumized model that rescores only the slices a candidate touches; float32),
+        else the batch-norm-folded model, in the configured precision."""
+        own = getattr(self.model, "candidate_evaluator", None)
+        custom = own(x) if own is not None and self.config.local_eval else None
+        if custom is not None:
+            return custom
         view, dtype = fused_eval_view(self.model), PRECISIONS[self.config.precision]
         if dtype != x.dtype:
             view = copy.deepcopy(view).to(dtype)

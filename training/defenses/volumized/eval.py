@@ -23,6 +23,7 @@ from training.checkpoint import load_model, read_json, write_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.data import parse_attacks
 from training.defenses.mia.metrics import predict
+from training.defenses.volumized.ordering import order_flips
 from training.models import count_parameters
 from training.options import build_config
 
@@ -40,19 +41,7 @@ def _scores(model, x, y, x_adv) -> dict:
 def order_sensitivity(model, x: torch.Tensor, trials: int = 20, seed: int = 0) -> dict:
     """How often one random pixel (random place, random value) changes the volumizer's slice
     order: the ranking is content-dependent, so a localized change can move whole slices."""
-    gen = torch.Generator().manual_seed(seed)
-    base = model.volumizer.order(x)
-    n, _, h, w = x.shape
-    changed = moved = 0
-    for _ in range(trials):
-        x_adv = x.clone()
-        rows, cols = torch.randint(0, h, (n,), generator=gen), torch.randint(0, w, (n,), generator=gen)
-        x_adv[torch.arange(n), :, rows, cols] = torch.rand(n, 1, generator=gen)
-        diff = model.volumizer.order(x_adv) != base
-        changed += int(diff.any(dim=1).sum())
-        moved += int(diff.sum())
-    return {"trials": trials * n, "reordered_share": changed / (trials * n),
-            "mean_positions_moved": moved / (trials * n), "depth": base.shape[1]}
+    return order_flips(model.volumizer, x, trials, seed)
 
 
 def _options(text: str, name: str) -> dict:

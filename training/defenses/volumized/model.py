@@ -9,25 +9,24 @@ every slice with shared weights (the first one resized to the new width). The he
 class scores *per slice*, N x Z x K.
 
 `forward(x)` takes images N x C x H x W in [0, 1] (the volumizer is the first module, so the
-ONNX graph takes images too) and returns the aggregated N x K logits:
-- 'mean_log_prob' (default): mean over slices of log-softmax;
-- 'mean_prob': log of the mean slice probability;
-- 'mean_logits': mean of the raw slice logits.
+ONNX graph takes images too) and returns the aggregated N x K logits (`aggregate`:
+mean_log_prob (default), mean_prob, mean_logits, trimmed_mean, vote).
+With `position` a learned vector per depth position is added to every slice's features before
+the head: with a depth kernel of 1 the slices never meet before the vote, and this is how a
+slice's classifier knows where (under a fixed order) its slice lies in the image.
 Training uses `pal_loss`: the sum over slices of the cross-entropy (mean over the batch).
 """
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.models.registry import ModelSpec, Normalize, create_model
+from training.defenses.volumized.aggregate import AGGREGATIONS, aggregate
 from training.defenses.volumized.volumizer import Volumizer, VolumizerConfig
-
-AGGREGATIONS = ("mean_log_prob", "mean_prob", "mean_logits")
 
 
 class Normalize3d(nn.Module):
@@ -83,26 +82,45 @@ class VolumetricNet(nn.Module):
     """Volumizer -> 3D body -> per-slice head; `forward` aggregates the slice scores."""
 
     def __init__(self, volumizer: Volumizer, body: nn.Sequential, head: nn.Sequential,
-                 aggregation: str = "mean_log_prob") -> None:
+                 aggregation: str = "mean_log_prob", depth_kernel: int = 3,
+                 position: nn.Parameter | None = None, trim: int = 4, abstain: float = 0.0) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
         self.volumizer, self.body, self.head, self.aggregation = volumizer, body, head, aggregation
+        self.depth_kernel, self.position, self.trim, self.abstain = depth_kernel, position, trim, abstain
+
+    def features(self, volume: torch.Tensor) -> torch.Tensor:
+        """N x C x Z x h x w volume -> N x Z x F slice features (position added)."""
+        feats = self.body(volume)
+        return feats if self.position is None else feats + self.position
 
     def slice_logits(self, x: torch.Tensor) -> torch.Tensor:
         """N x C x H x W -> N x Z x K class scores, one row per slice (depth order)."""
-        return self.head(self.body(self.volumizer(x)))
+        return self.head(self.features(self.volumizer(x)))
 
     def aggregate(self, slice_logits: torch.Tensor) -> torch.Tensor:
-        if self.aggregation == "mean_log_prob":
-            return F.log_softmax(slice_logits, dim=-1).mean(dim=1)
-        if self.aggregation == "mean_prob":
-            z = slice_logits.shape[1]
-            return torch.logsumexp(F.log_softmax(slice_logits, dim=-1), dim=1) - math.log(z)
-        return slice_logits.mean(dim=1)
+        return aggregate(slice_logits, self.aggregation, self.trim, self.abstain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aggregate(self.slice_logits(x))
+
+    @property
+    def slices_independent(self) -> bool:
+        """True when a slice's scores depend on its own pixels only (depth kernel 1) and on a
+        depth position no input can move (fixed ranking, or no position vectors): then a
+        change to k slices changes at most k rows of `slice_logits`."""
+        fixed = self.volumizer.config.ranking == "fixed"
+        return self.depth_kernel == 1 and (fixed or self.position is None)
+
+    def candidate_evaluator(self, x: torch.Tensor):
+        """A scorer for sparse black-box attacks (`NPixel`): recomputes only the slices a
+        candidate changes; None when the slices are not independent (a full forward then)."""
+        if not self.slices_independent:
+            return None
+        from training.defenses.volumized.slice_eval import SliceEvaluator
+
+        return SliceEvaluator(self, x)
 
 
 def pal_loss(slice_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,7 +131,8 @@ def pal_loss(slice_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def to_volumetric(spec2d: ModelSpec, volumizer: VolumizerConfig, depth_kernel: int = 3,
-                  aggregation: str = "mean_log_prob") -> VolumetricNet:
+                  aggregation: str = "mean_log_prob", position: bool = False, trim: int = 4,
+                  abstain: float = 0.0) -> VolumetricNet:
     """Build `spec2d`'s model and convert it (see the module docstring)."""
     if depth_kernel < 1 or depth_kernel % 2 == 0:
         raise ValueError(f"depth_kernel must be a positive odd number, got {depth_kernel}")
@@ -129,6 +148,7 @@ def to_volumetric(spec2d: ModelSpec, volumizer: VolumizerConfig, depth_kernel: i
     probe = torch.zeros(1, spec2d.in_channels, spec2d.image_size, spec2d.image_size)
     with torch.no_grad():
         width = body.eval()(vol(probe)).shape[-1]
+    body_width = width
     head: list[nn.Module] = []
     for layer in layers[cut + 1:]:
         if isinstance(layer, nn.Linear):
@@ -136,14 +156,16 @@ def to_volumetric(spec2d: ModelSpec, volumizer: VolumizerConfig, depth_kernel: i
             width = layer.out_features
         else:
             head.append(convert_layer(layer, depth_kernel))
-    return VolumetricNet(vol, body, nn.Sequential(*head), aggregation)
+    depth = vol.depth(spec2d.image_size, spec2d.image_size)
+    pos = nn.Parameter(torch.zeros(depth, body_width)) if position else None
+    return VolumetricNet(vol, body, nn.Sequential(*head), aggregation, depth_kernel, pos, trim, abstain)
 
 
 def volumetric(spec: ModelSpec) -> VolumetricNet:
     """The 3D counterpart of `spec.options['base']` (a registered 2D model name).
 
     spec.options: base, volumizer (VolumizerConfig fields), depth_kernel=3,
-    aggregation='mean_log_prob'. Example:
+    aggregation='mean_log_prob', position=False, trim=4, abstain=0.0. Example:
     `create_model(ModelSpec("volumetric", options={"base": "fmnist-cnn"}))`
     """
     options = dict(spec.options)
@@ -152,4 +174,6 @@ def volumetric(spec: ModelSpec) -> VolumetricNet:
                        image_size=spec.image_size, mean=spec.mean, std=spec.std)
     return to_volumetric(spec2d, VolumizerConfig(**options.get("volumizer", {})),
                          depth_kernel=int(options.get("depth_kernel", 3)),
-                         aggregation=options.get("aggregation", "mean_log_prob"))
+                         aggregation=options.get("aggregation", "mean_log_prob"),
+                         position=bool(options.get("position", False)), trim=int(options.get("trim", 4)),
+                         abstain=float(options.get("abstain", 0.0)))

@@ -11,6 +11,11 @@ Distance metrics compare each slice with a reference slice: the most salient one
 (the slice with the largest gradient energy sum |dx| + |dy|, first one on ties), or a fixed
 grid index. The ranking runs inside the module (and inside its ONNX graph): the order is
 computed from detached pixels, the gather keeps gradients to the pixels.
+
+`ranking` chooses whose metric orders the slices: 'image' (paper 004, the default: each
+image's own), 'fixed' (one order for all images, from training-set statistics: `fixed_order`,
+see `ordering.fixed_order_from`; empty means grid order) or 'robust' (each image's, scored on
+its 3 x 3 median-filtered version and quantized to `quantum`; see `ordering`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ import torch
 from torch import nn
 
 from training.defenses.volumized.metrics import KEY_SCALE, METRICS, STANDALONE, metric_values, sort_key
+from training.defenses.volumized.ordering import median3, quantized
+
+RANKINGS = ("image", "fixed", "robust")
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,9 @@ class VolumizerConfig:
         order: 'ascending' | 'descending'.
         reference: 'salient' (most salient slice) or a grid index as a string ('0', '5').
         bins: histogram bins for entropy, mutual information, KL, joint entropy.
+        ranking: 'image' (paper 004) | 'fixed' | 'robust' (see the module docstring).
+        fixed_order: the grid order used by ranking='fixed' (a permutation of range(Z)).
+        quantum: score quantization step of ranking='robust' (metric units, nats for MI).
     """
 
     slice_h: int = 7
@@ -39,8 +50,18 @@ class VolumizerConfig:
     order: str = "ascending"
     reference: str = "salient"
     bins: int = 16
+    ranking: str = "image"
+    fixed_order: tuple[int, ...] = ()
+    quantum: float = 0.05
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed_order", tuple(int(v) for v in self.fixed_order))
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {self.ranking!r}; known: {', '.join(RANKINGS)}")
+        if self.fixed_order and sorted(self.fixed_order) != list(range(len(self.fixed_order))):
+            raise ValueError(f"fixed_order must be a permutation of 0..Z-1, got {self.fixed_order}")
+        if self.quantum <= 0:
+            raise ValueError(f"quantum must be > 0, got {self.quantum}")
         if self.slice_h < 1 or self.slice_w < 1:
             raise ValueError(f"slice size must be positive, got {self.slice_h} x {self.slice_w}")
         if self.metric not in METRICS:
@@ -98,7 +119,14 @@ class Volumizer(nn.Module):
         return (height // self.config.slice_h) * (width // self.config.slice_w)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """The metric of every slice, N x Z (float64), grid order."""
+        """The ranking key of every slice, N x Z (float64), grid order: the metric of the image
+        ('image'), or of its median-filtered version, quantized ('robust')."""
+        if self.config.ranking == "robust":
+            return quantized(self.per_image_scores(median3(x.detach())), self.config.quantum)
+        return self.per_image_scores(x)
+
+    def per_image_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The metric of every slice of each image, N x Z (float64), grid order."""
         cfg = self.config
         slices = slice_grid(x.detach(), cfg.slice_h, cfg.slice_w)
         rows = slices.permute(0, 2, 1, 3, 4).flatten(2)  # N x Z x P
@@ -116,9 +144,20 @@ class Volumizer(nn.Module):
 
     def order(self, x: torch.Tensor) -> torch.Tensor:
         """N x Z grid indices: depth k of the volume holds grid slice order[:, k]."""
+        if self.config.ranking == "fixed":
+            fixed = self.fixed_index(x)
+            return fixed.expand(x.shape[0], len(fixed))
         with torch.no_grad():
             keys = sort_key(self.scores(x), descending=self.config.order == "descending")
             return torch.argsort(keys, dim=1)
+
+    def fixed_index(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed ranking's grid order (Z,), checked against the image's depth."""
+        z = self.depth(*x.shape[-2:])
+        fixed = self.config.fixed_order or tuple(range(z))
+        if len(fixed) != z:
+            raise ValueError(f"fixed_order has {len(fixed)} entries, the image has {z} slices")
+        return torch.tensor(fixed, dtype=torch.long, device=x.device)
 
     def apply_order(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         slices = slice_grid(x, self.config.slice_h, self.config.slice_w)
@@ -127,6 +166,8 @@ class Volumizer(nn.Module):
         return torch.gather(slices, 2, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.ranking == "fixed":  # one constant gather (no batch-sized index in the graph)
+            return slice_grid(x, self.config.slice_h, self.config.slice_w).index_select(2, self.fixed_index(x))
         return self.apply_order(x, self.order(x))
 
     def unvolumize(self, volume: torch.Tensor, order: torch.Tensor, height: int, width: int) -> torch.Tensor:

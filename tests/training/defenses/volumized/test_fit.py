@@ -5,10 +5,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_model
-from training.data import Splits
-from training.defenses import create_defense
 from training.defenses.volumized.model import VolumetricNet
-from training.trainer import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -17,13 +14,9 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def volumized_run(fmnist_small, tmp_path_factory):
-    splits = Splits(fmnist_small.train.take(1000), fmnist_small.val.take(200), fmnist_small.test.take(200),
-                    fmnist_small.labels, fmnist_small.name)
-    out = tmp_path_factory.mktemp("volumized") / "run"
-    defense = create_defense("volumized", {"metric": "mi", "syllabus_metric": "entropy", "pacing": "linear"})
-    metrics = defense.fit("fmnist-cnn", splits, TrainConfig(epochs=2, batch_size=32, lr=3e-3, seed=0), out)
-    return splits, out, metrics
+def volumized_run(train_volumized):
+    return train_volumized("volumized", {"metric": "mi", "syllabus_metric": "entropy", "pacing": "linear"},
+                           sizes=(1000, 200, 200), epochs=2, batch_size=32)
 
 
 def test_volumized_model_learns_the_task(volumized_run):
