@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.attacks import eval_mode
+from training.checkpoint import save_atomic
 from training.data import Split, Splits
 from training.distributed import rank
 from training.defenses.base import Defense, DefenseConfig
@@ -81,7 +82,7 @@ class Distill(Defense):
                                        loss, run_config, resume)
         soft = soft_labels(teacher, splits.train.x, cfg.temperature)
         if rank() == 0:
-            torch.save(soft, out_dir / SOFT_LABELS_FILE)
+            save_atomic(soft, out_dir / SOFT_LABELS_FILE)
         student, _ = build_model(model_name, splits, config.seed + 1)
         student_splits = replace(splits, train=Split(splits.train.x, soft))
         metrics = run_training(self, student, spec, student_splits, config, out_dir, loss, run_config, resume)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.attacks import PGD, eval_mode
+from training.checkpoint import save_atomic
 from training.data import Split, Splits
 from training.distributed import agree, rank, shard, unwrap
 from training.defenses.base import Defense, DefenseConfig
@@ -132,7 +133,7 @@ class FastAT(Defense):
             if stopper.stopped_after is None and counter["step"] % steps_per_epoch == 0:
                 stopper.check(unwrap(net))
                 if rank() == 0:
-                    torch.save(stopper.state(), state_file)
+                    save_atomic(stopper.state(), state_file)
 
         metrics = run_training(self, model, spec, splits, train, out_dir, loss, run_config, resume,
                                trainable=list(model.parameters()), after_step=after_step)

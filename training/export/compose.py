@@ -29,8 +29,9 @@ from pathlib import Path
 
 from serving.bundle import BundleError, load_bundle, next_version, sha256_file, write_manifest
 from serving.engine import OnnxModel
-from training.checkpoint import MODEL_FILE, load_model, read_json
+from training.checkpoint import load_model, read_json
 from training.data import DataConfig, load_splits
+from training.export.bundle_export import add_mia_detector, copy_twin
 from training.export.calibrate import GuardSpec, calibrate
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
 
@@ -127,16 +128,14 @@ def _export_run(run: Path, file: str, out: Path, input_shape: tuple, test_x) -> 
     parity = onnx_parity(model, onnx_path, test_x)
     if parity > PARITY_TOLERANCE:
         raise BundleError(f"{run}: ONNX parity failed, max probability difference {parity:.2e} > {PARITY_TOLERANCE}")
-    twin = out / "twins" / f"{Path(file).stem}.pt"
-    twin.parent.mkdir(exist_ok=True)
-    shutil.copyfile(run / MODEL_FILE, twin)
+    twin = copy_twin(run, file, out)
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     config = read_json(run / "config.json") if (run / "config.json").exists() else {}
     entry = {"file": file, "sha256": sha256_file(onnx_path), "arch": spec.name, "outputs": "logits",
              "extra": {"opset": OPSET, "parity_max_abs_diff": parity, "run": str(run),
                        "defense": config.get("defense", "standard"), "test_accuracy": metrics.get("test_accuracy")}}
     entry["extra"]["mean"], entry["extra"]["std"] = list(spec.mean), list(spec.std)
-    return entry, {"file": str(twin.relative_to(out)), "sha256": sha256_file(twin), "of": file}
+    return entry, twin
 
 
 def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> Path:
@@ -169,8 +168,6 @@ def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> P
         models.append({**files[run.resolve()], "role": role})
     spec = config.guard_spec()
     if config.mia_run is not None:
-        from training.export.bundle_export import add_mia_detector
-
         mia_entry, mia_twin = add_mia_detector(Path(config.mia_run), out, splits, parity_x)
         models.append(mia_entry)
         twins.append(mia_twin)

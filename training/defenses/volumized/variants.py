@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from training.attacks import AdversarialPatch, NPixel
-from training.checkpoint import load_model, read_json, write_json
+from training.checkpoint import load_model, read_json, save_atomic, write_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.metrics import predict
 from training.defenses.volumized.aggregate import AGGREGATIONS
@@ -127,7 +127,7 @@ def patch(model, x, y, x_train, y_train, scale: float, options: str, cache: Cach
         adv_ok = predict(model, attack(x, y)) == y
         done = cache.put(key, {"adv_ok": adv_ok.tolist(), "cpu_seconds": time.process_time() - t0,
                                "fit_on": "mean_log_prob twin" if target is not model else "model"})
-        torch.save(fitted.patch, cache.dir / f"{key}.pt")
+        save_atomic(fitted.patch, cache.dir / f"{key}.pt")
     return torch.tensor(done["adv_ok"]), done["cpu_seconds"]
 
 

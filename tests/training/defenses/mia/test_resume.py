@@ -63,7 +63,7 @@ def _loadable(path: Path) -> bool:
 
 def _killed_when(out: Path, pattern: str, timeout: float = 300.0) -> None:
     """Run the fit in a subprocess and SIGKILL it as soon as a whole file matching `pattern` is
-    there (the trainer writes last.pt in place: one cut mid-write is `test_a_torn_last_pt...`)."""
+    there (last.pt is written whole or not at all, `training.checkpoint.write_atomic`)."""
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + timeout
