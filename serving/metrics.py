@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -105,6 +106,28 @@ def calls_by_code(families: Iterable[Metric]) -> dict[str, int]:
     return counts
 
 
+def remove_stale_metric_dirs(prefix: str, root: str | None = None) -> list[str]:
+    """Remove the metric folders (`PREFIX<pid>-*` under the temp dir) of parents that are gone
+    (a SIGKILLed parent cannot clean up after itself); returns what was removed."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and path.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class WorkerMetrics:
     """The parent's side of `--workers N`: a private folder for the workers' metric files (give
     the workers `env` before they start; removed by `close`), one /metrics over all of them.
@@ -115,8 +138,11 @@ class WorkerMetrics:
         metrics.calls_by_code(); metrics.close()
     """
 
+    PREFIX = "advguard-metrics-"
+
     def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="advguard-metrics-")
+        remove_stale_metric_dirs(self.PREFIX)
+        self.path = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-")
         self.env = {MULTIPROC_DIR: self.path}
         self._files = MultiProcessCollector(None, path=self.path)
         self._http = None

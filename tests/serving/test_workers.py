@@ -21,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from advguard.cli.serve import add_serve_args
+from serving.metrics import WorkerMetrics, remove_stale_metric_dirs
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
 
 PROMTOOL = shutil.which("promtool")
@@ -193,11 +194,26 @@ def test_a_worker_that_dies_stops_the_server_with_an_error(guarded_bundle, tools
 def test_workers_drain_when_the_parent_is_killed(guarded_bundle, tools, tmp_path):
     store = tmp_path / "store"
     tools.clone_bundle(guarded_bundle, store, "fmnist-guarded", "1")
-    server, _ = start_workers(tools, store, tmp_path / "tmp")
+    server, folder = start_workers(tools, store, tmp_path / "tmp")
     server.proc.kill()  # SIGKILL: no chance to stop them; the kernel sends them SIGTERM (PR_SET_PDEATHSIG)
     server.proc.communicate(timeout=60)
     wait_until(lambda: all(gone(pid) for pid in server.ready["workers"]), "orphaned workers exit")
     assert server.log_text().count("finishing") == 2
+    # the killed parent's metrics folder is left behind; the next server's parent removes it
+    assert folder.exists()
+    assert remove_stale_metric_dirs(WorkerMetrics.PREFIX, root=str(tmp_path / "tmp")) == [str(folder)]
+
+
+def test_only_the_metrics_folders_of_dead_parents_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{WorkerMetrics.PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{WorkerMetrics.PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{WorkerMetrics.PREFIX}notapid-ghi"
+    for path in (stale, live, other):
+        path.mkdir()
+    assert remove_stale_metric_dirs(WorkerMetrics.PREFIX, root=str(tmp_path)) == [str(stale)]
+    assert live.exists() and other.exists() and not stale.exists()
 
 
 def test_hot_reload_reaches_every_worker(guarded_bundle, tools, tmp_path):
