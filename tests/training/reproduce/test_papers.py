@@ -108,11 +108,22 @@ def test_paper002_full_cpu_falls_back_to_the_reduced_run_marked(tmp_path):
     assert "RESULTS.md" in mia["source"]
 
 
-def test_paper004_measures_both_models(quick):
-    results = quick["results"]["004"]["measured"]["results"]
-    assert set(results) == {"volumized", "undefended"}
-    assert results["volumized"]["arch"] == "volumetric"
-    assert set(results["volumized"]["npixel"]) == {"1"} and set(results["volumized"]["patch"]) == {"0.1"}
+def test_paper004_measures_both_models_and_our_best_variant(quick):
+    m = quick["results"]["004"]["measured"]
+    results = m["results"]
+    assert set(results) == {"volumized", "undefended", "fixed-occ"}
+    assert results["volumized"]["arch"] == results["fixed-occ"]["arch"] == "volumetric"
+    for label in results:
+        assert set(results[label]["npixel"]) == {"1"} and set(results[label]["patch"]) == {"0.1"}
+        assert all(0.0 <= r["beta"] <= 1.0 for kind in ("npixel", "patch") for r in results[label][kind].values())
+    variant = results["fixed-occ"]
+    assert sorted(variant["fixed_order"]) == list(range(16))  # trained with ranking=fixed: its order recorded
+    assert variant["order_sensitivity"]["reordered_share"] == 0.0
+    assert m["variant"]["measured"] is True and m["variant"]["options"] == {"ranking": "fixed", "occlusion": "0.5"}
+    config = json.loads((quick["runs"] / "004" / "fixed-occ" / "config.json").read_text())
+    assert config["defense_config"]["ranking"] == "fixed" and config["defense_config"]["occlusion"] == 0.5
+    row = quick["results"]["004"]["rows"][1]["ours_paper_setting"]
+    assert "fixed-occ (our best variant) " in row and "Our best variant, fixed-occ" in quick["results"]["004"]["why"]
 
 
 def test_a_second_run_reuses_every_trained_run_and_stage(quick):
