@@ -1,5 +1,6 @@
 """`python -m bench.peers`: advguard beside its peers, MLServer and KServe's ModelServer, serving
-the same bundle's primary ONNX model over the Open Inference Protocol v2.
+the same bundle's primary ONNX model over the Open Inference Protocol v2, and advguard's own
+`Classify` set against the same peer rows (issue 20).
 
 Each server runs alone, one after another, in `--rounds` interleaved rounds (the order reversed
 every other round, so drift in the machine's load falls on all alike); every round keeps its
@@ -13,9 +14,14 @@ peers in their own venvs under build/peers/ (`make peers-venvs`). Before the loa
 each server over gRPC and over REST is checked against ONNX Runtime in this process. The load:
 OIP `ModelInfer` over gRPC from h2load (one pre-framed request, `bench/h2load.py`) and REST
 `POST /v2/models/<name>/infer` with a JSON body from wrk (`bench/wrk.py`), one 1 x 1 x 28 x 28
-FP32 image per call, at concurrency 1, 8 and 32, for `--seconds` each; each row gives req/s,
-p50/p99, errors, the 1-minute load average when it ended, and its rate and p99 against the
-best peer's at the same protocol and concurrency. Example (smoke: `--seconds 2 --rounds 1`):
+FP32 image per call, at concurrency 1, 8 and 32, for `--seconds` each. advguard also answers
+its own API, `/advguard.v1.GuardedClassifier/Classify` with one uint8 1 x 28 x 28 image a call
+(guarded, and with `skip_guard`), from h2load at the same concurrencies, once one answer's label
+matched ONNX Runtime's (`bench/classify.py`); the peers have no such API, so these rows are set
+against the best peer's OIP gRPC row. Each row: req/s, p50/p99, errors (h2load counts a gRPC call
+answered only when its body came; a non-zero grpc-status comes without one), the 1-minute load
+average when it ended, its rate and p99 against the best peer's at the same protocol and
+concurrency (`bench/peer_table.py`); then the c=32 goals. Example (smoke: `--seconds 2 --rounds 1`):
     python -m bench.peers --store model_store --model fmnist-fast --threads 1
 """
 from __future__ import annotations
@@ -38,7 +44,8 @@ import grpc
 import numpy as np
 
 from advguard.cli.serve import parse_ready
-from bench import h2load, wrk
+from bench import h2load, peer_table, wrk
+from bench.classify import CLASSIFY, classify_once, classify_request
 from protos.inference import grpc_service_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,12 +185,33 @@ def check_answers(server: Server, message: bytes, body: bytes, want: np.ndarray,
     return len(raw)
 
 
-def measure(server: Server, variant: str, message: bytes, body: bytes, answer: int, seconds: float) -> list[dict]:
+def check_classify(server: Server, model: str, image: np.ndarray, skip_guard: bool, want: np.ndarray,
+                   primary: str) -> tuple[bytes, int]:
+    """One Classify answer's label against ONNX Runtime's on the primary model (unless the guard had
+    the image answered by another model); (the request, serialized; the answer's size)."""
+    request = classify_request(model, image, skip_guard)
+    reply, size = classify_once(server.grpc, request)
+    if reply.answered_by not in ("", primary):
+        print(f"{server.name}: Classify answered by {reply.answered_by}, not {primary}: not compared", file=sys.stderr)
+    elif reply.class_index != int(want.argmax()):
+        raise RuntimeError(f"{server.name} Classify answered class {reply.class_index}, ONNX Runtime's "
+                           f"{int(want.argmax())}")
+    return request.SerializeToString(), size
+
+
+def grpc_rows(server: Server, variant: str, proto: str, method: str, message: bytes, answer: int,
+              seconds: float) -> list[dict]:
+    """Unary `method` from h2load at each concurrency, for about `seconds` at a warm-up's rate."""
     rows = []
     for c in CONCURRENCY:
-        warm = h2load.grpc_load(server.grpc, INFER, message, answer, max(100, 20 * c), c)
-        total = max(10 * c, int(warm.rate * seconds))  # about `seconds` at the warm-up's rate
-        rows.append(row(variant, "gRPC", c, h2load.grpc_load(server.grpc, INFER, message, answer, total, c)))
+        warm = h2load.grpc_load(server.grpc, method, message, answer, max(100, 20 * c), c)
+        total = max(10 * c, int(warm.rate * seconds))
+        rows.append(row(variant, proto, c, h2load.grpc_load(server.grpc, method, message, answer, total, c)))
+    return rows
+
+
+def measure(server: Server, variant: str, message: bytes, body: bytes, answer: int, seconds: float) -> list[dict]:
+    rows = grpc_rows(server, variant, "gRPC", INFER, message, answer, seconds)
     url = f"http://{server.http}/v2/models/{server.model}/infer"
     wrk.post_load(url, body, "application/json", 1, 8)  # warm up
     for c in CONCURRENCY:
@@ -192,39 +220,20 @@ def measure(server: Server, variant: str, message: bytes, body: bytes, answer: i
 
 
 def row(variant: str, proto: str, c: int, result) -> dict:
-    return {"what": variant, "proto": proto, "c": c, "rate": result.rate, "errors": result.errors,
-            "p50_ms": result.percentile(50) * 1e3, "p99_ms": result.percentile(99) * 1e3,
+    return {"what": variant, "proto": proto, "c": c, "rate": result.rate, "calls": result.ok, "errors": result.errors,
+            "codes": dict(result.codes), "p50_ms": result.percentile(50) * 1e3, "p99_ms": result.percentile(99) * 1e3,
             "load": os.getloadavg()[0]}
 
 
-def report(rows: list[dict], notes: list[str]) -> None:
-    best: dict[tuple, dict] = {}
-    for r in rows:  # the fastest round of each row
-        key = (r["what"], r["proto"], r["c"])
-        if key not in best or r["rate"] > best[key]["rate"]:
-            best[key] = r
-    print(f"{'what':20} {'proto':5} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'load1':>6}"
-          f"  {'req/s / best peer':>17}  {'p99 / best peer':>15}")
-    for (what, proto, c), r in best.items():
-        peers = [p for (w, pr, cc), p in best.items() if (pr, cc) == (proto, c) and not w.startswith("advguard")]
-        top = max(peers, key=lambda p: p["rate"]) if peers else None
-        ratio = f"{r['rate'] / top['rate']:.2f}" if top and top["rate"] else "n/a"
-        p99 = f"{r['p99_ms'] / top['p99_ms']:.2f}" if top and top["p99_ms"] else "n/a"
-        print(f"{what:20} {proto:5} {c:>3} {r['rate']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>5} "
-              f"{r['load']:>6.2f}  {ratio:>17}  {p99:>15}")
-    for note in notes:
-        print(note)
-
-
 def first_image() -> np.ndarray:
-    """The first Fashion-MNIST test image as 1 x 1 x 28 x 28 float32 (a fixed random one without the data)."""
+    """The first Fashion-MNIST test image as 1 x 1 x 28 x 28 uint8 (a fixed random one without the data)."""
     try:
         from training.data.mnist_family import load_fashion_mnist
 
         x = load_fashion_mnist()[2][:1, None]
     except (ImportError, OSError, FileNotFoundError):
         x = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
-    return np.ascontiguousarray(x, dtype=np.float32) / 255
+    return np.ascontiguousarray(x, dtype=np.uint8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlserver-workers", type=int, default=1, help="MLServer's parallel_workers (its default: 1)")
     p.add_argument("--advguard-workers", type=int, default=1,
                    help="advguard's --workers (server processes on one port; scaling runs: 1, 2, 4, 8 with 2N cores)")
+    p.add_argument("--json", type=Path, help="also write every round's rows, the table and the notes here")
     args = p.parse_args(argv)
     if not (h2load.available() and wrk.available()):
         raise SystemExit("h2load and wrk are needed: `make loadgen-tools` (apt-get install nghttp2-client wrk)")
@@ -250,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = folders[-1]
     manifest = json.loads((bundle / "manifest.json").read_text())
     model_file = bundle / next(m["file"] for m in manifest["models"] if m["role"] == "primary")
-    x = first_image()
+    image = first_image()
+    x = image.astype(np.float32) / 255
     want = OnnxModel.load(model_file, EngineOptions(threads=args.threads), data=model_file.read_bytes()).probabilities(x)
     print(f"bundle {bundle} (primary {model_file.name}); {platform.node()} {os.cpu_count()} CPUs; load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; ONNX Runtime threads {args.threads}; "
@@ -267,14 +278,21 @@ def main(argv: list[str] | None = None) -> int:
                 for variant, skip in variants:
                     message, body = requests(manifest["name"], x, skip)
                     answer = check_answers(server, message, body, want, model_file.name)
+                    own = (check_classify(server, manifest["name"], image[0], skip, want, model_file.name)
+                           if name == "advguard" else None)  # its own API too, set against the peers' OIP gRPC
                     rows += measure(server, variant, message, body, answer, args.seconds)
+                    if own is not None:
+                        rows += grpc_rows(server, variant, peer_table.OWN_API, CLASSIFY, *own, args.seconds)
                     print(f"round {round_ + 1}: {variant} done", file=sys.stderr, flush=True)
             except (RuntimeError, OSError, subprocess.SubprocessError, grpc.RpcError) as err:
                 notes.append(f"{name}, round {round_ + 1}: n/a: {err}")
             finally:
                 if server is not None:
                     server.stop()
-    report(rows, notes)
+    table = peer_table.compare(rows)
+    print("\n".join(peer_table.lines(table, notes)))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "table": table, "notes": notes}, indent=1))
     return 0
 
 

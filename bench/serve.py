@@ -33,6 +33,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import h2load, wrk
+from bench.classify import CLASSIFY, classify_once, classify_request, image_messages
 from bench.loadgen import LoadResult, run_load
 from bench.probe import ServerProbe
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
@@ -78,11 +79,6 @@ def bench_in_process(bundle: Path, images: np.ndarray, threads: int) -> list[dic
     return rows
 
 
-def image_messages(images: np.ndarray) -> list[guard_pb2.Image]:
-    return [guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8,
-                                                    data=x.tobytes())) for x in images]
-
-
 def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[int, int],
                       probe: ServerProbe) -> list[dict]:
     """(b) and (c) from h2load: every call carries the first test image; each row also gives the
@@ -96,15 +92,11 @@ def h2load_unary_rows(target: str, model: str, images: np.ndarray, calls: dict[i
         return {**row(section, name, c, spent.pop("result")), **spent}
 
     rows = [unary_row("b", "grpc.health Check", c, check, b"", len(health)) for c in CONCURRENCY]
-    image = image_messages(images[:1])[0]
-    with grpc.insecure_channel(target) as channel:
-        stub = guard_pb2_grpc.GuardedClassifierStub(channel)
-        for guard in (False, True):
-            request = guard_pb2.ClassifyRequest(model=model, image=image, skip_guard=not guard)
-            answer = len(stub.Classify(request, timeout=60).SerializeToString())
-            message = request.SerializeToString()
-            rows += [unary_row("c", f"Classify {'guarded' if guard else 'unguarded'}", c,
-                               "/advguard.v1.GuardedClassifier/Classify", message, answer) for c in CONCURRENCY]
+    for guard in (False, True):
+        request = classify_request(model, images[0], skip_guard=not guard)
+        answer = classify_once(target, request)[1]
+        rows += [unary_row("c", f"Classify {'guarded' if guard else 'unguarded'}", c, CLASSIFY,
+                           request.SerializeToString(), answer) for c in CONCURRENCY]
     return rows
 
 
