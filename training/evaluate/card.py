@@ -129,6 +129,8 @@ def evaluate_shard(pipeline: Pipeline, twin: BundleTwin, x: torch.Tensor, y: tor
         t = time.perf_counter()
         x_adv = make()
         rows.append(ShardRow(label, kind, params, served(pipeline, x_adv.numpy(), yn, bs), time.perf_counter() - t))
+        log.info("card shard of %d images: %s in %.0f s, served accuracy %.3f", len(yn), label, rows[-1].seconds,
+                 rows[-1].served.correct.mean())
 
     primary = twin.primary
     eps, steps, restarts = config.eps, config.pgd_steps, config.restarts
