@@ -71,7 +71,7 @@ def _plot(results: dict, key: str, xlabel: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for label, res in results.items():
         xs = sorted(res[key], key=float)
         line, = ax.plot([float(v) * (100 if key == "patch" else 1) for v in xs],
@@ -83,7 +83,7 @@ def _plot(results: dict, key: str, xlabel: str, path: Path) -> None:
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the axes, off the curves
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
