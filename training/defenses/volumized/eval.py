@@ -30,12 +30,16 @@ from training.options import build_config
 log = logging.getLogger(__name__)
 
 
-def _scores(model, x, y, x_adv) -> dict:
-    clean_ok = predict(model, x) == y
-    adv_ok = predict(model, x_adv) == y
+def summarize(clean_ok: torch.Tensor, adv_ok: torch.Tensor) -> dict:
+    """Paper 004's metrics from per-image correctness: acc_clean, acc_attack, delta = their
+    difference, beta = share of the clean-correct images the attack does not flip (None if none)."""
     acc_clean, acc_attack = float(clean_ok.float().mean()), float(adv_ok.float().mean())
     beta = float(adv_ok[clean_ok].float().mean()) if clean_ok.any() else None
     return {"acc_clean": acc_clean, "acc_attack": acc_attack, "delta": acc_clean - acc_attack, "beta": beta}
+
+
+def _scores(model, x, y, x_adv) -> dict:
+    return summarize(predict(model, x) == y, predict(model, x_adv) == y)
 
 
 def order_sensitivity(model, x: torch.Tensor, trials: int = 20, seed: int = 0) -> dict:

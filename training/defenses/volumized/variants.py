@@ -34,7 +34,7 @@ from training.data import DataConfig, load_splits
 from training.defenses.mia.metrics import predict
 from training.defenses.volumized.aggregate import AGGREGATIONS
 from training.defenses.volumized.certify import certified_curve, plot_curve
-from training.defenses.volumized.eval import _options, _pixels, _plot, _table
+from training.defenses.volumized.eval import _options, _pixels, _plot, _table, summarize as paper_metrics
 from training.defenses.volumized.ordering import order_flips
 from training.options import build_config
 
@@ -57,10 +57,7 @@ def load_variant(text: str):
 
 
 def summarize(clean_ok: torch.Tensor, adv_ok: torch.Tensor) -> dict:
-    acc_clean, acc_attack = float(clean_ok.float().mean()), float(adv_ok.float().mean())
-    beta = float(adv_ok[clean_ok].float().mean()) if clean_ok.any() else None
-    return {"n": len(adv_ok), "acc_clean": acc_clean, "acc_attack": acc_attack,
-            "delta": acc_clean - acc_attack, "beta": beta}
+    return {"n": len(adv_ok), **paper_metrics(clean_ok, adv_ok)}
 
 
 class Cache:
