@@ -30,7 +30,7 @@ def test_full_cpu_profile_and_explicit_options_win():
 
 
 def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown profile 'fast'; known: paper, full-cpu"):
+    with pytest.raises(ValueError, match="unknown profile 'fast'; known: paper, full-cpu, session-cpu"):
         MIAConfig(profile="fast")
 
 
