@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action", choices=["flag", "reject", "fallback"], default=None, help="default fallback")
     p.add_argument("--card", choices=["none", "quick", "full"], default=None,
                    help="robustness card: quick (500 test images, default), full (all), none")
+    p.add_argument("--card-shards", default=None,
+                   help="folder of the card's finished shards (default <store>/<name>/.card-<card>); a card "
+                        "resumes from the shards there that measured the same models and config")
     p.add_argument("--torchserve", action="store_true", default=None, help="also write <name>.mar")
 
 
@@ -39,7 +42,8 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = {"name": args.name, "primary": args.primary, "fallback": args.fallback, "reference": args.reference,
                  "mia_run": args.mia_run, "target_fpr": args.target_fpr, "policy": args.policy,
-                 "action": args.action, "card": args.card, "torchserve": args.torchserve, "version": args.version}
+                 "action": args.action, "card": args.card, "card_shards": args.card_shards,
+                 "torchserve": args.torchserve, "version": args.version}
     if args.detectors is not None:
         overrides["detectors"] = [d for d in args.detectors.split(",") if d and d != "none"]
     if args.config:

@@ -81,7 +81,7 @@ class ShardStore:
                                           for r in rows]}
         arrays = {f"{field}_{i}": getattr(r.served, field) for i, r in enumerate(rows)
                   for field in ("correct", "flagged", "primary_correct")}
-        write_atomic(self.path(k), lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
+        write_atomic(self.path(k), lambda f: np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays))
 
     def load(self, k: int) -> list[ShardRow] | None:
         """Shard k's rows, or None when it is absent or measured something else."""

@@ -49,7 +49,10 @@ class DetectorEntry:
 @dataclass(frozen=True)
 class BundleConfig:
     """A bundle's composition. Runs are `advguard train` folders; `fallback`/`reference` may be
-    the same run. `detectors` in guard order; `card`: none | quick (500 test images) | full (all)."""
+    the same run. `detectors` in guard order; `card`: none | quick (500 test images) | full (all);
+    `card_shards`: folder of the card's finished shards (default `<store>/<name>/.card-<card>`),
+    each keyed by the models' SHA-256, thresholds and card config, so a card resumes from any
+    folder that holds shards of the same bundle and ignores shards of another."""
 
     name: str
     primary: Path
@@ -63,6 +66,7 @@ class BundleConfig:
     calibration_images: int | None = None
     parity_images: int = 256
     card: str = "quick"
+    card_shards: Path | None = None
     torchserve: bool = False
     version: str | None = None
 
@@ -97,7 +101,7 @@ class BundleConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown bundle config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        for key in ("primary", "fallback", "reference", "mia_run"):
+        for key in ("primary", "fallback", "reference", "mia_run", "card_shards"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         if "detectors" in data:
@@ -116,7 +120,7 @@ class BundleConfig:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("primary", "fallback", "reference", "mia_run"):
+        for key in ("primary", "fallback", "reference", "mia_run", "card_shards"):
             out[key] = str(out[key]) if out[key] is not None else None
         return out
 
@@ -197,7 +201,7 @@ def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> P
 
         card_config = PROFILES[config.card]
         # finished shards live beside the bundle versions, so a rerun after an interruption resumes
-        shards = Path(store) / config.name / f".card-{config.card}"
+        shards = config.card_shards or Path(store) / config.name / f".card-{config.card}"
         manifest["robustness"] = evaluate_bundle(out, splits.test.x, splits.test.y, card_config, profile=config.card,
                                                  work_dir=shards)
         write_manifest(out, manifest)

@@ -95,3 +95,21 @@ def test_fallback_answers_flagged_images(defended_bundle, fmnist_small):
     # served answers under that attack beat the primary's own
     primary_acc = (pipeline.primary.logits(x_adv).argmax(axis=1) == y.numpy()).mean()
     assert (result.classes == y.numpy()).mean() > primary_acc + 0.2
+
+
+def test_card_shards_folder_from_config_and_flag(trained_run, tmp_path):
+    """`card_shards` (YAML key or --card-shards) names where the card's shards live; a path."""
+    import argparse
+    from pathlib import Path
+
+    from advguard.cli.bundle import add_arguments, config_from_args
+    from training.export.compose import BundleConfig
+
+    config = BundleConfig.from_dict({"name": "x", "primary": str(trained_run), "fallback": str(trained_run),
+                                     "reference": str(trained_run), "card_shards": "results/shards"})
+    assert config.card_shards == Path("results/shards")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--name", "x", "--primary", str(trained_run), "--fallback", str(trained_run),
+                              "--reference", str(trained_run), "--card-shards", str(tmp_path / "s")])
+    assert config_from_args(args).card_shards == tmp_path / "s"
