@@ -39,6 +39,7 @@ from training.evaluate.twin import BundleTwin
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-3
+CLAIM_POLL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -180,17 +181,44 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
         log.warning("twin and served pipeline differ: %s", parity)
     store = ShardStore(work_dir, shard_key(bundle, config, split)) if work_dir is not None else None
     starts = range(0, len(x), config.shard)
-    shards: list[list[ShardRow]] = []
-    for k, lo in enumerate(tqdm(starts, desc="card shards", unit="shard", disable=len(starts) < 2)):
+
+    def evaluate(k: int) -> list[ShardRow]:
+        """Shard k, evaluated here (its claim held) and saved."""
+        if store is not None and (finished := store.load(k)) is not None:  # saved just before our claim
+            store.release(k)
+            return finished
+        torch.manual_seed(k)  # each shard reproducible alone, whatever order or process ran it
+        lo = starts[k]
+        try:
+            rows = evaluate_shard(pipeline, twin, x[lo:lo + config.shard], y[lo:lo + config.shard], config)
+            if store is not None:
+                store.save(k, rows)
+        finally:
+            if store is not None:
+                store.release(k)
+        log.info("card shard %d/%d done (%d images)", k + 1, len(starts), len(rows[0].served.correct))
+        return rows
+
+    found: dict[int, list[ShardRow]] = {}
+    elsewhere: list[int] = []  # shards another process has claimed
+    for k in tqdm(range(len(starts)), desc="card shards", unit="shard", disable=len(starts) < 2):
         done = store.load(k) if store is not None else None
         if done is None and not partial:
-            torch.manual_seed(k)  # each shard reproducible alone, whatever order the shards ran in
-            done = evaluate_shard(pipeline, twin, x[lo:lo + config.shard], y[lo:lo + config.shard], config)
-            if store is not None:
-                store.save(k, done)
-            log.info("card shard %d/%d done (%d images)", k + 1, len(starts), len(done[0].served.correct))
+            if store is not None and not store.claim(k):
+                elsewhere.append(k)
+                continue
+            done = evaluate(k)
         if done is not None:
-            shards.append(done)
+            found[k] = done
+    for k in elsewhere:  # finished by the process that claimed it, or here if that process is gone
+        log.info("card shard %d/%d: waiting for the process that claimed it", k + 1, len(starts))
+        while (done := store.load(k)) is None:
+            if store.claim(k):
+                done = evaluate(k)
+                break
+            time.sleep(CLAIM_POLL_SECONDS)
+        found[k] = done
+    shards = [found[k] for k in sorted(found)]
     if not shards:
         raise FileNotFoundError(f"no finished card shard in {work_dir}: run the card without --partial first")
     evaluated = sum(len(s[0].served.correct) for s in shards)

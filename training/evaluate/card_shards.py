@@ -6,11 +6,18 @@ primary's correctness for each image of shard k, plus the row's label, kind, att
 and seconds; and the key of what it measured (`shard_key`: the bundle's model weights, guard
 thresholds, policy, action, the card config and the split). A file with another key is ignored
 and rewritten; files are written whole or not at all (temporary file, then renamed).
+
+Several processes may work on one card (`advguard evaluate --bundle ... --suite card --work-dir
+DIR`, once per free core, beside `advguard bundle`): a process claims shard k before it
+evaluates it (`shard-<k>.claim`, created exclusively, holding its pid and host) and the others
+skip it and wait for its file; a claim whose process is gone is taken over.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +90,30 @@ class ShardStore:
                   for field in ("correct", "flagged", "primary_correct")}
         write_atomic(self.path(k), lambda f: np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays))
 
+    def claim(self, k: int) -> bool:
+        """Claim shard k for this process; False while another live process on this host holds it."""
+        path = self.folder / f"shard-{k:04d}.claim"
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid, host = path.read_text().split()
+                except (OSError, ValueError):
+                    return False  # being written this instant
+                if host == socket.gethostname() and not _alive(int(pid)):
+                    path.unlink(missing_ok=True)  # its process is gone: take over
+                    continue
+                return pid == str(os.getpid()) and host == socket.gethostname()
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return True
+        return False
+
+    def release(self, k: int) -> None:
+        (self.folder / f"shard-{k:04d}.claim").unlink(missing_ok=True)
+
     def load(self, k: int) -> list[ShardRow] | None:
         """Shard k's rows, or None when it is absent or measured something else."""
         if not self.path(k).exists():
@@ -94,3 +125,13 @@ class ShardStore:
             return [ShardRow(r["label"], r["kind"], r["params"],
                              Served(*(data[f"{field}_{i}"] for field in ("correct", "flagged", "primary_correct"))),
                              r["seconds"]) for i, r in enumerate(meta["rows"])]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

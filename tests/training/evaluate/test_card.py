@@ -117,3 +117,64 @@ def test_an_interrupted_card_resumes_from_its_finished_shards(defended_bundle, f
     evaluated.clear()
     evaluate_bundle(defended_bundle, x, y, other, work_dir=tmp_path / "shards")
     assert evaluated == [40, 40]
+
+
+def test_shard_claims_are_exclusive_and_a_dead_claimant_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from training.evaluate.card_shards import ShardStore
+
+    store = ShardStore(tmp_path, "key")
+    assert store.claim(0) and store.claim(0)  # ours, and still ours
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        other = tmp_path / "shard-0001.claim"
+        other.write_text(f"{sleeper.pid} {socket.gethostname()}")
+        assert not store.claim(1)  # a live process holds it
+        sleeper.kill()
+        sleeper.wait()
+        assert store.claim(1)  # its process is gone: taken over
+        assert other.read_text().split()[0] == str(os.getpid())
+    finally:
+        sleeper.kill()
+    store.release(1)
+    assert not other.exists()
+
+
+def test_a_card_waits_for_a_shard_another_process_claimed(defended_bundle, fmnist_small, tmp_path, monkeypatch):
+    """Two processes on one card: the shard the other one claimed is not evaluated twice; when
+    the other process dies without finishing it, this one takes it over and the card completes."""
+    import socket
+    import subprocess
+    import threading
+
+    import training.evaluate.card as card_module
+
+    config = CardConfig(n=80, sweep=(), pgd_steps=5, restarts=1, cw_steps=3, cw_binary_steps=1, square_queries=50,
+                        adaptive_steps=5, adaptive_restarts=1, penalties=(10.0,), batch_size=40, shard=40)
+    x, y = fmnist_small.test.x, fmnist_small.test.y
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    other = subprocess.Popen(["sleep", "120"])
+    (shards / "shard-0001.claim").write_text(f"{other.pid} {socket.gethostname()}")
+    evaluated: list[int] = []
+    real = card_module.evaluate_shard
+
+    def counted(*args):
+        evaluated.append(int(args[2][0].sum() * 1000))  # which shard, by its images
+        if len(evaluated) == 1:  # shard 0 done here: now the claimant of shard 1 dies
+            threading.Timer(0.5, lambda: (other.kill(), other.wait())).start()
+        return real(*args)
+
+    monkeypatch.setattr(card_module, "evaluate_shard", counted)
+    monkeypatch.setattr(card_module, "CLAIM_POLL_SECONDS", 0.1)
+    try:
+        card = evaluate_bundle(defended_bundle, x, y, config, work_dir=shards)
+    finally:
+        other.kill()
+        other.wait()
+    assert card["complete"] and card["n"] == 80
+    assert len(evaluated) == 2 and evaluated[0] != evaluated[1]  # each shard once
+    assert not list(shards.glob("*.claim"))
