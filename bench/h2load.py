@@ -30,9 +30,10 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\0" + struct.pack(">I", len(message)) + message
 
 
-def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, str]) -> tuple[LoadResult, str]:
-    """POST `body` `total` times over one HTTP/2 connection carrying `concurrency` streams;
-    (latencies and HTTP outcome, h2load's report)."""
+def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, str],
+        rps: int | None = None) -> tuple[LoadResult, str]:
+    """POST `body` `total` times over one HTTP/2 connection carrying `concurrency` streams, as
+    fast as answers come (or `rps` requests a second); (latencies and HTTP outcome, h2load's report)."""
     with tempfile.TemporaryDirectory(prefix="advguard-h2load-") as tmp:
         data, log = Path(tmp) / "body", Path(tmp) / "log"
         data.write_bytes(body)
@@ -40,6 +41,8 @@ def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, 
                "--log-file", str(log)]
         for key, value in headers.items():
             cmd += ["-H", f"{key}: {value}"]
+        if rps:
+            cmd += ["--rps", str(rps)]
         out = subprocess.run([*cmd, url], check=False, capture_output=True, text=True, timeout=600).stdout
         result = LoadResult()
         for line in log.read_text().splitlines():  # start (us since epoch), HTTP status, elapsed (us)
@@ -59,10 +62,12 @@ def run(url: str, body: bytes, total: int, concurrency: int, headers: dict[str, 
     return result, out
 
 
-def grpc_load(target: str, method: str, message: bytes, answer_size: int, total: int, concurrency: int) -> LoadResult:
-    """`total` unary gRPC calls of `method` ('/package.Service/Method') carrying `message`."""
+def grpc_load(target: str, method: str, message: bytes, answer_size: int, total: int, concurrency: int,
+              rps: int | None = None) -> LoadResult:
+    """`total` unary gRPC calls of `method` ('/package.Service/Method') carrying `message`
+    (`rps`: at that rate instead of closed-loop)."""
     result, out = run(f"http://{target}{method}", grpc_frame(message), total, concurrency,
-                      {"content-type": "application/grpc", "te": "trailers"})
+                      {"content-type": "application/grpc", "te": "trailers"}, rps)
     body = re.search(r"traffic: .*?, [\d.]+\w*B \((\d+)\) data", out)
     if body is None:
         raise RuntimeError(f"h2load printed no traffic line: {out[-500:]!r}")

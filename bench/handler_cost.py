@@ -1,13 +1,14 @@
-"""`python -m bench.handler_cost`: what advguard's own code costs per guarded Classify call,
-without gRPC's transport, on the event loop thread.
+"""`python -m bench.handler_cost`: what advguard's own code costs per call (guarded Classify by
+default; `--api oip` for the Open Inference Protocol's ModelInfer, `--skip-guard` for unguarded
+calls), without gRPC's transport, on the event loop thread.
 
 The server's handler, interceptor (auth check, metrics), dynamic batcher and pipeline run as in
 `advguard serve`, on one asyncio loop, with `concurrency` calls in flight; only gRPC is left out
 (requests are parsed from and responses serialized to bytes here, the servicer context is a
 stub). It prints calls/s and the loop thread's CPU time per call (`time.thread_time`), the part
 of a call's cost that advguard's Python controls; compare it with the server's per-call CPU
-under load (bench.serve) to see how much is gRPC's. Example:
-    python -m bench.handler_cost --store model_store --model fmnist-fast
+under load (bench.serve, bench.percall_cpu) to see how much is gRPC's. Example:
+    python -m bench.handler_cost --store model_store --model fmnist-fast --api oip
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import grpc
 from bench.serve import clean_images, image_messages
 from protos.advguard.v1 import guard_pb2
 
-METHOD = "/advguard.v1.GuardedClassifier/Classify"
+METHODS = {"classify": "/advguard.v1.GuardedClassifier/Classify", "oip": "/inference.GRPCInferenceService/ModelInfer"}
 
 
 class CallDetails(NamedTuple):
@@ -43,7 +44,24 @@ class StubContext:
         raise RuntimeError(f"{code}: {message}")
 
 
-async def measure(store: Path, model: str, calls: int, concurrency: int) -> tuple[float, float]:
+def request_bytes(api: str, model: str, skip_guard: bool) -> tuple[bytes, type]:
+    """One call's serialized request (the first test image), and its message class."""
+    image = clean_images(1)[0]
+    if api == "classify":
+        request = guard_pb2.ClassifyRequest(model=model, image=image_messages(image[None])[0], skip_guard=skip_guard)
+        return request.SerializeToString(), guard_pb2.ClassifyRequest
+    from protos.inference import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model, id="bench")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, *image.shape])
+    request.raw_input_contents.append((image[None].astype("<f4") / 255).tobytes())
+    if skip_guard:
+        request.parameters["skip_guard"].bool_param = True
+    return request.SerializeToString(), pb.ModelInferRequest
+
+
+async def measure(store: Path, model: str, calls: int, concurrency: int, api: str = "classify",
+                  skip_guard: bool = False, threads: int = 0) -> tuple[float, float]:
     """(calls/s, loop-thread CPU seconds per call)."""
     from serving.runtime.batcher import BatchingOptions
     from serving.runtime.dataplane import DataPlane
@@ -52,23 +70,30 @@ async def measure(store: Path, model: str, calls: int, concurrency: int) -> tupl
     from serving.metrics import Metrics
     from serving.preprocess import Limits
     from serving.runtime.models import ModelManager
-    from serving.grpc.classifier import GuardedClassifierServicer
 
     metrics = Metrics()
-    models = ModelManager(store, EngineOptions(), BatchingOptions(), metrics, model)
+    models = ModelManager(store, EngineOptions(threads=threads), BatchingOptions(), metrics, model)
     await models.load_all()
-    servicer = GuardedClassifierServicer(DataPlane(models, metrics, Limits()))
+    plane = DataPlane(models, metrics, Limits(), allow_skip_guard=skip_guard)
+    if api == "classify":
+        from serving.grpc.classifier import GuardedClassifierServicer
+
+        method = GuardedClassifierServicer(plane).Classify
+    else:
+        from serving.grpc.inference import InferenceServicer
+
+        method = InferenceServicer(plane).ModelInfer
 
     async def continuation(details):
-        return grpc.unary_unary_rpc_method_handler(servicer.Classify)
+        return grpc.unary_unary_rpc_method_handler(method)
 
-    details = CallDetails(METHOD, ())
+    details = CallDetails(METHODS[api], ())
     handler = (await ServerInterceptor(metrics).intercept_service(continuation, details)).unary_unary
-    message = guard_pb2.ClassifyRequest(model=model, image=image_messages(clean_images(1))[0]).SerializeToString()
+    message, request_type = request_bytes(api, model, skip_guard)
 
     async def client(n: int) -> None:
         for _ in range(n):  # each call in its own task, as gRPC runs it
-            request = guard_pb2.ClassifyRequest.FromString(message)
+            request = request_type.FromString(message)
             response = await asyncio.get_running_loop().create_task(handler(request, StubContext()))
             response.SerializeToString()
 
@@ -87,9 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="fmnist-fast")
     p.add_argument("--calls", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--api", choices=tuple(METHODS), default="classify")
+    p.add_argument("--skip-guard", action="store_true", help="unguarded calls (the server allows skip_guard)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
     args = p.parse_args(argv)
-    rate, per_call = asyncio.run(measure(args.store, args.model, args.calls, args.concurrency))
-    print(f"guarded Classify without gRPC, c={args.concurrency}: {rate:,.0f} calls/s; "
+    rate, per_call = asyncio.run(measure(args.store, args.model, args.calls, args.concurrency, args.api, args.skip_guard,
+                                         args.threads))
+    what = f"{'ModelInfer' if args.api == 'oip' else 'Classify'} {'skip_guard' if args.skip_guard else 'guarded'}"
+    print(f"{what} without gRPC, c={args.concurrency}: {rate:,.0f} calls/s; "
           f"event loop thread {per_call * 1e6:.1f} us CPU per call")
     return 0
 

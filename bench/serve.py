@@ -185,13 +185,18 @@ def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, dict]:
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-us", str(args.max_queue_delay_us),
            "--max-queue-size", str(QUEUE), "--allow-skip-guard",  # the unguarded rows skip the guard
            *(["--delay-lone-requests"] if args.delay_lone_requests else []), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return start_ready(cmd)
+
+
+def start_ready(cmd: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start `advguard serve` (`cmd`); (the process, its ready line's JSON) once it is ready."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     try:
         return proc, parse_ready(line)
     except ValueError:
         proc.kill()
-        raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)})") from None
+        raise SystemExit(f"server did not start: {line!r} ({' '.join(cmd)}{f' in {cwd}' if cwd else ''})") from None
 
 
 def report(rows: list[dict]) -> None:

@@ -15,13 +15,47 @@ Rules, the same everywhere:
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from serving.guard import Verdict
 from serving.pipeline import Pipeline, PipelineResult
 
 VERDICT_WIRE_NAMES = tuple(v.name for v in Verdict)  # "UNSPECIFIED", "CLEAN", ...
+VERDICT_WIRE_BYTES = tuple(name.encode() for name in VERDICT_WIRE_NAMES)
 DISCLOSURES = ("verdict", "full")
+
+
+class Words:
+    """What every answer of one pipeline says the same way, worked out once per pipeline (not per
+    call): detector names and thresholds as the wires list them, labels and model files encoded."""
+
+    __slots__ = ("detector_names", "detectors", "thresholds", "labels", "files")
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.detector_names = tuple(d.detector.name for d in pipeline.detectors)
+        self.detectors = ",".join(self.detector_names)
+        self.thresholds = ",".join(f"{c.threshold:.6g}" for c in pipeline.detectors)
+        self.labels = tuple(label.encode() for label in pipeline.bundle.labels) + (b"",)  # [-1]: withheld
+        self.files: dict[str, bytes] = {}  # model file name -> its bytes, as answers name them
+
+    def file(self, name: str) -> bytes:
+        encoded = self.files.get(name)
+        if encoded is None:
+            encoded = self.files[name] = name.encode()
+        return encoded
+
+
+_words: weakref.WeakKeyDictionary[Pipeline, Words] = weakref.WeakKeyDictionary()  # gone with its pipeline
+
+
+def words_of(pipeline: Pipeline) -> Words:
+    """The pipeline's `Words` (made on first use)."""
+    words = _words.get(pipeline)
+    if words is None:
+        words = _words[pipeline] = Words(pipeline)
+    return words
 
 
 def check_disclosure(disclosure: str) -> str:
@@ -34,11 +68,13 @@ class Answers:
     """A batch's answers, by image (`class_index(i)`, `as_dict(i)`, ...) or by column
     (`class_indices()`, `probability_rows()`, ...). Example: `Answers(pipeline, result).as_dict(0)`."""
 
-    __slots__ = ("pipeline", "result", "n", "full")
+    __slots__ = ("pipeline", "result", "n", "full", "words", "_indices")
 
     def __init__(self, pipeline: Pipeline, result: PipelineResult, disclosure: str = "verdict") -> None:
         self.pipeline, self.result, self.n = pipeline, result, len(result.classes)
         self.full = disclosure == "full"
+        self.words = words_of(pipeline)
+        self._indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -56,8 +92,8 @@ class Answers:
         return self.pipeline.policy.action
 
     @property
-    def detector_names(self) -> list[str]:
-        return [d.detector.name for d in self.pipeline.detectors]
+    def detector_names(self) -> tuple[str, ...]:
+        return self.words.detector_names
 
     # -- one image --------------------------------------------------------------------------
     def withheld(self, i: int) -> bool:
@@ -116,11 +152,13 @@ class Answers:
 
     # -- columns (tensor wires) -------------------------------------------------------------
     def class_indices(self) -> np.ndarray:
-        return np.where(self.result.rejected, -1, self.result.classes).astype("<i8")
+        if self._indices is None:
+            self._indices = np.where(self.result.rejected, -1, self.result.classes).astype("<i8")
+        return self._indices
 
     def class_names(self) -> list[bytes]:
-        labels = self.pipeline.bundle.labels
-        return [labels[c].encode() if c >= 0 else b"" for c in self.class_indices().tolist()]
+        labels = self.words.labels  # labels[-1] is b"": a withheld class has no name
+        return [labels[c] for c in self.class_indices().tolist()]
 
     def probability_rows(self) -> np.ndarray:
         """N x K float32; a withheld image's row is zeros."""
@@ -136,7 +174,11 @@ class Answers:
         return np.where(self.result.guarded, guard.verdicts, int(Verdict.UNSPECIFIED))
 
     def verdict_names(self) -> list[bytes]:
-        return [VERDICT_WIRE_NAMES[v].encode() for v in self.verdicts().tolist()]
+        return [VERDICT_WIRE_BYTES[v] for v in self.verdicts().tolist()]
+
+    def answered_by_names(self) -> list[bytes]:
+        file = self.words.file
+        return [file(name) for name in self.result.answered_by.tolist()]
 
     def attack_scores(self) -> np.ndarray:
         guard = self.result.guard
@@ -183,4 +225,4 @@ def oip_column(answers: Answers, name: str) -> np.ndarray | list[bytes]:
         return answers.detector_scores()
     if name == "detector_flags":
         return answers.detector_flags()
-    return [answers.answered_by(i).encode() for i in range(len(answers))]
+    return answers.answered_by_names()

@@ -113,7 +113,8 @@ def decode_image(data: bytes, spec: InputSpec, limits: Limits = Limits()) -> np.
     return np.ascontiguousarray(array)
 
 
-_DTYPES = {"uint8": np.uint8, "float32": np.dtype("<f4")}
+_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
+_UINT8_MAX = np.float32(255.0)
 
 
 def tensor_to_array(shape: tuple[int, ...], dtype: str, data: bytes, spec: InputSpec,
@@ -124,22 +125,23 @@ def tensor_to_array(shape: tuple[int, ...], dtype: str, data: bytes, spec: Input
     expected_rank = 4 if batched else 3
     if not batched and len(shape) == 4 and shape[0] == 1:  # a batch of one is one image
         shape = tuple(shape[1:])
-    if len(shape) != expected_rank or any(d <= 0 for d in shape):
+    if len(shape) != expected_rank or min(shape) <= 0:
         want = "N x C x H x W" if batched else "C x H x W"
         raise InputError(f"tensor shape {list(shape)} is not {want} with positive sizes")
-    if tuple(shape[-3:]) != tuple(spec.shape):
+    if tuple(shape[-3:]) != spec.shape:
         what = (f"{shape[-3]} channels; the model takes {spec.channels}" if shape[-3] != spec.channels
                 else f"{shape[-1]}x{shape[-2]} pixels; the model takes {spec.width}x{spec.height}")
         raise InputError(f"tensor shape {list(shape)} has {what} (C x H x W {list(spec.shape)}); "
                          f"raw tensors are never resized or converted")
-    expected = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+    expected = math.prod(shape) * _DTYPES[dtype].itemsize
     if len(data) != expected:
         raise InputError(f"tensor data is {len(data)} bytes; shape {list(shape)} of {dtype} needs {expected}")
     array = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape)
     if dtype == "uint8":
-        return array.astype(np.float32) / 255.0
-    if not np.isfinite(array).all():
-        raise InputError("tensor holds NaN or Inf values")
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise InputError(f"float32 pixels must lie in [0, 1]; got [{array.min():.4g}, {array.max():.4g}]")
+        return np.divide(array, _UINT8_MAX, dtype=np.float32)  # one float32 array, as astype(float32) / 255
+    low, high = array.min(), array.max()  # NaN makes both NaN, which fails the test below; Inf lies outside
+    if not (low >= 0.0 and high <= 1.0):
+        if not np.isfinite(array).all():
+            raise InputError("tensor holds NaN or Inf values")
+        raise InputError(f"float32 pixels must lie in [0, 1]; got [{low:.4g}, {high:.4g}]")
     return array.astype(np.float32, copy=False)

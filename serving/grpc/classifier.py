@@ -46,6 +46,8 @@ async def images_to_array(images, served: ServedModel, decoder: Decoder) -> np.n
     check_count(len(images), decoder.limits)
     spec = served.bundle.input
     sources = [image.WhichOneof("source") for image in images]
+    if sources == ["tensor"]:  # one raw tensor (the common unary call): no list, no copy
+        return tensor_image(images[0].tensor, spec)[None]
     if all(source == "encoded" for source in sources):
         return await decoder.decode([image.encoded for image in images], spec)
     request_pixels([image.encoded for image, source in zip(images, sources) if source == "encoded"], decoder.limits)

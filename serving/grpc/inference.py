@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+import weakref
 from importlib import metadata
 
 import numpy as np
@@ -105,12 +106,6 @@ async def request_images(request: pb.ModelInferRequest, served: ServedModel, dec
                      f"UINT8 or BYTES (PNG/JPEG files)")
 
 
-def _output(response: pb.ModelInferResponse, name: str, datatype: str, array: np.ndarray | list[bytes],
-            shape: tuple[int, ...]) -> None:
-    response.outputs.add(name=name, datatype=datatype, shape=list(shape))
-    response.raw_output_contents.append(pack_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
-
-
 GUARD_DETAIL = ("attack_score", "detector_scores", "detector_flags")  # shown under full disclosure only
 
 
@@ -118,25 +113,50 @@ def outputs_for(full: bool) -> tuple[str, ...]:
     return OUTPUTS if full else tuple(o for o in OUTPUTS if o not in GUARD_DETAIL)
 
 
-def infer_response(answers: Answers, wanted: list[str], request_id: str) -> pb.ModelInferResponse:
+TEMPLATES_PER_PIPELINE = 256  # response heads kept per pipeline (kinds of call: outputs asked for, batch size)
+_templates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline -> {kind: response head}
+
+
+def _template(answers: Answers, wanted: tuple[str, ...]) -> pb.ModelInferResponse:
+    """Everything of a response but its id and tensor bytes (model, parameters, each output's
+    name, datatype and shape): the same for every call of a kind, so built once per kind and
+    copied (one C-level copy instead of a dozen protobuf calls from Python)."""
+    words, n = answers.words, len(answers)
+    kinds = _templates.get(answers.pipeline)
+    if kinds is None:
+        kinds = _templates[answers.pipeline] = {}
+    key = (answers.full, n, wanted)
+    template = kinds.get(key)
+    if template is None:
+        if len(kinds) >= TEMPLATES_PER_PIPELINE:  # the kinds are the clients' to choose: bounded
+            kinds.clear()
+        k, d = len(answers.pipeline.bundle.labels), len(words.detector_names)
+        template = pb.ModelInferResponse(model_name=answers.model, model_version=answers.model_version)
+        template.parameters["detectors"].string_param = words.detectors
+        if answers.full:
+            template.parameters["thresholds"].string_param = words.thresholds
+        template.parameters["action"].string_param = answers.action
+        for name in wanted:
+            template.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=oip_shape(name, n, k, d))
+        kinds[key] = template
+    return template
+
+
+def infer_response(answers: Answers, wanted: tuple[str, ...], request_id: str) -> pb.ModelInferResponse:
     """The wanted outputs of `answers` as OIP tensors (what to show is the answer builder's call)."""
-    n, d = len(answers), len(answers.detector_names)
-    response = pb.ModelInferResponse(model_name=answers.model, model_version=answers.model_version, id=request_id)
-    response.parameters["detectors"].string_param = ",".join(answers.detector_names)
-    if answers.full:
-        response.parameters["thresholds"].string_param = ",".join(
-            f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
-    response.parameters["action"].string_param = answers.action
-    k = len(answers.pipeline.bundle.labels)
-    for name in wanted:
-        array = oip_column(answers, name)
-        _output(response, name, OIP_OUTPUTS[name], array, oip_shape(name, n, k, d))
+    response = pb.ModelInferResponse()
+    response.CopyFrom(_template(answers, wanted))
+    response.id = request_id
+    response.raw_output_contents.extend(
+        [pack_bytes(column) if OIP_OUTPUTS[name] == "BYTES" else np.ascontiguousarray(column).tobytes()
+         for name, column in ((name, oip_column(answers, name)) for name in wanted)])
     return response
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        self.offered = outputs_for(plane.full)  # the outputs this server shows, all sent unless some are asked for
         self.ready = True  # set False when the server begins to stop
 
     async def ServerLive(self, request, context):
@@ -163,8 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelMetadataResponse(name=bundle.name, versions=self.plane.versions(bundle.name),
                                             platform="advguard_guarded_onnx")
         response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
-        offered = outputs_for(self.plane.full)
-        for name in offered:
+        for name in self.offered:
             response.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=oip_shape(name, -1, k, d))
         guard = bundle.guard or {}
         response.parameters["robustness_card"].string_param = json.dumps(bundle.robustness or {})
@@ -177,8 +196,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @handle_errors
     async def ModelInfer(self, request, context):
         served = self.plane.model(request.model_name, request.model_version)
-        offered = outputs_for(self.plane.full)
-        wanted = [o.name for o in request.outputs] or list(offered)
+        offered = self.offered
+        wanted = tuple(o.name for o in request.outputs) if request.outputs else offered
         unknown = [name for name in wanted if name not in offered]
         if unknown:
             if unknown[0] in OUTPUTS:

@@ -83,20 +83,30 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler, refusal: tuple | None = None) -> grpc.RpcMethodHandler:
         name = method.rsplit("/", 1)[-1]
         metrics = self.metrics
+        in_flight = metrics.in_flight
+        # this method's series, looked up once each (a label lookup costs a lock and a few tuples)
+        requests: dict[str, object] = {}
+        latency: dict[tuple[str, str], object] = {}
 
         def begin() -> tuple[CallLabels, float]:
             # each call runs in its own task (its own context copy): no reset needed
             labels = set_call_labels()
-            metrics.in_flight.inc()
+            in_flight.inc()
             return labels, time.perf_counter()
 
         def end(context, labels: CallLabels, began: float, err: BaseException | None) -> None:
             elapsed = time.perf_counter() - began
-            metrics.in_flight.dec()
+            in_flight.dec()
             code = _code_of(context, labels, err)
-            metrics.requests.labels(name, code).inc()
-            verdict = labels.verdict if code == "OK" else "error"
-            metrics.latency.labels(labels.model, name, verdict).observe(elapsed)
+            counter = requests.get(code)
+            if counter is None:
+                counter = requests[code] = metrics.requests.labels(name, code)
+            counter.inc()
+            key = (labels.model, labels.verdict if code == "OK" else "error")
+            histogram = latency.get(key)
+            if histogram is None:
+                histogram = latency[key] = metrics.latency.labels(key[0], name, key[1])
+            histogram.observe(elapsed)
 
         async def refuse(context):
             await abort(context, *refusal)

@@ -145,9 +145,9 @@ def infer_response(answers: Answers, wanted: list[tuple[str, bool]], request_id:
     """The wanted outputs ((name, as binary) pairs) of `answers`: (the JSON header, the binary
     sections that follow it, in output order)."""
     n, k, d = len(answers), len(answers.pipeline.bundle.labels), len(answers.detector_names)
-    parameters = {"detectors": ",".join(answers.detector_names), "action": answers.action}
+    parameters = {"detectors": answers.words.detectors, "action": answers.action}
     if answers.full:
-        parameters["thresholds"] = ",".join(f"{c.threshold:.6g}" for c in answers.pipeline.detectors)
+        parameters["thresholds"] = answers.words.thresholds
     outputs, binary = [], []
     for name, as_binary in wanted:
         values, datatype = column(answers, name), OUTPUT_TYPES[name]

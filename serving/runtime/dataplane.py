@@ -27,7 +27,10 @@ def verdict_label(result: PipelineResult) -> str:
     """The most severe verdict in a result ('unguarded' when the guard did not run)."""
     if result.guard is None:
         return "unguarded"
-    return verdict_name(int(result.guard.verdicts[result.guarded].max()))
+    verdicts = result.guard.verdicts
+    if len(verdicts) == 1:  # one image, guarded (a result the guard ran on for none has no guard)
+        return verdict_name(int(verdicts[0]))
+    return verdict_name(int(verdicts[result.guarded].max()))
 
 
 SKIP_REFUSED = ("skip_guard is not allowed on this server: every answer is guarded (an operator can "
