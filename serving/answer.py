@@ -31,7 +31,7 @@ class Words:
     """What every answer of one pipeline says the same way, worked out once per pipeline (not per
     call): detector names and thresholds as the wires list them, labels and model files encoded."""
 
-    __slots__ = ("detector_names", "detectors", "thresholds", "labels", "files")
+    __slots__ = ("detector_names", "detectors", "thresholds", "labels", "files", "responses")
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.detector_names = tuple(d.detector.name for d in pipeline.detectors)
@@ -39,6 +39,7 @@ class Words:
         self.thresholds = ",".join(f"{c.threshold:.6g}" for c in pipeline.detectors)
         self.labels = tuple(label.encode() for label in pipeline.bundle.labels) + (b"",)  # [-1]: withheld
         self.files: dict[str, bytes] = {}  # model file name -> its bytes, as answers name them
+        self.responses: dict = {}  # a front end's per-kind response heads (serving.grpc.inference)
 
     def file(self, name: str) -> bytes:
         encoded = self.files.get(name)

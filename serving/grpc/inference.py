@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import struct
-import weakref
 from importlib import metadata
 
 import numpy as np
@@ -114,7 +113,6 @@ def outputs_for(full: bool) -> tuple[str, ...]:
 
 
 TEMPLATES_PER_PIPELINE = 256  # response heads kept per pipeline (kinds of call: outputs asked for, batch size)
-_templates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline -> {kind: response head}
 
 
 def _template(answers: Answers, wanted: tuple[str, ...]) -> pb.ModelInferResponse:
@@ -122,9 +120,7 @@ def _template(answers: Answers, wanted: tuple[str, ...]) -> pb.ModelInferRespons
     name, datatype and shape): the same for every call of a kind, so built once per kind and
     copied (one C-level copy instead of a dozen protobuf calls from Python)."""
     words, n = answers.words, len(answers)
-    kinds = _templates.get(answers.pipeline)
-    if kinds is None:
-        kinds = _templates[answers.pipeline] = {}
+    kinds = words.responses  # per pipeline: gone with it on hot reload
     key = (answers.full, n, wanted)
     template = kinds.get(key)
     if template is None:
