@@ -140,6 +140,8 @@ def fit(model: nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig, 
         start_epoch, history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"])
         best_val, stale, elapsed = state["best_val"], state["stale"], state["elapsed"]
+        if hasattr(batch_loss, "resume_at"):  # per-batch attack seeds continue, not restart
+            batch_loss.resume_at(start_epoch * steps)
         log.info("resuming %s at epoch %d", out_dir, start_epoch + 1)
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()

@@ -42,14 +42,27 @@ def load_base(run: str, model_name: str, defense: str) -> tuple[nn.Module, Model
 
 class StepSeeds:
     """A distinct attack seed per call and per DDP rank, so random starts differ between
-    batches (an attack's own seed makes each call deterministic)."""
+    batches (an attack's own seed makes each call deterministic). The trainer moves the count to
+    the batches already trained when it resumes (`resumable`), so a resumed run draws the same
+    seeds as an uninterrupted one."""
 
     def __init__(self, base: int = 0) -> None:
-        self._next = base
+        self._base = self._next = base
 
     def __call__(self) -> int:
         self._next += 1
         return self._next * distributed.world_size() + distributed.rank()
+
+    def skip_to(self, calls: int) -> None:
+        """As if `calls` seeds had been drawn since construction."""
+        self._next = self._base + calls
+
+
+def resumable(loss: BatchLoss, seeds: StepSeeds) -> BatchLoss:
+    """`loss` (which draws one seed per batch) with `resume_at(batches)`, which `trainer.fit`
+    calls with the batches already trained when it resumes."""
+    loss.resume_at = seeds.skip_to
+    return loss
 
 
 def project_linf(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from training.checkpoint import save_atomic
 from training.data import Split, Splits
 from training.distributed import agree, rank, shard, unwrap
 from training.defenses.base import Defense, DefenseConfig
-from training.defenses.common import StepSeeds, build_model, finalize, project_linf, run_training
+from training.defenses.common import StepSeeds, build_model, finalize, project_linf, resumable, run_training
 from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,8 @@ class FastAT(Defense):
                 if rank() == 0:
                     save_atomic(stopper.state(), state_file)
 
-        metrics = run_training(self, model, spec, splits, train, out_dir, loss, run_config, resume,
-                               trainable=list(model.parameters()), after_step=after_step)
+        metrics = run_training(self, model, spec, splits, train, out_dir, resumable(loss, seeds), run_config,
+                               resume, trainable=list(model.parameters()), after_step=after_step)
         model.requires_grad_(True)
         trained = stopper.stopped_after or len(metrics["history"])
         metrics.update(holdout_pgd_accuracy=stopper.history, best_holdout_epoch=stopper.best_epoch,

@@ -17,7 +17,7 @@ from training.data import Splits
 from training.distributed import rank, unwrap
 from training.defenses.base import Defense, DefenseConfig
 from training.defenses.common import (
-    StepSeeds, adversarial_split, auto_alpha, finalize, load_base, run_training,
+    StepSeeds, adversarial_split, auto_alpha, finalize, load_base, resumable, run_training,
 )
 from training.defenses.dominant_filters import (
     conv_layers, eps_overlap, find_dominant_filters, plot_histograms, top_share,
@@ -201,4 +201,4 @@ class FilterFinetune(Defense):
                 return F.cross_entropy(model(x_adv), y)
             return F.cross_entropy(model(torch.cat([x, x_adv])), torch.cat([y, y]))
 
-        return loss
+        return resumable(loss, seeds)

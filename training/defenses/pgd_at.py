@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from training.attacks import PGD
 from training.distributed import unwrap
 from training.defenses.base import DefenseConfig
-from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha
+from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha, resumable
 
 
 @dataclass(frozen=True)
@@ -62,5 +62,5 @@ class PGDAT(BatchLossDefense):
             clean, adv = logits[:len(x)], logits[len(x):]
             return cfg.clean_weight * F.cross_entropy(clean, y) + (1 - cfg.clean_weight) * F.cross_entropy(adv, y)
 
-        return loss
+        return resumable(loss, seeds)
 

@@ -11,7 +11,7 @@ from torch import nn
 from training.attacks import eval_mode
 from training.distributed import unwrap
 from training.defenses.base import DefenseConfig
-from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha, project_linf
+from training.defenses.common import BatchLossDefense, StepSeeds, auto_alpha, project_linf, resumable
 
 
 @dataclass(frozen=True)
@@ -75,5 +75,5 @@ class TRADES(BatchLossDefense):
             robust = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
             return F.cross_entropy(clean, y) + cfg.beta * robust
 
-        return loss
+        return resumable(loss, seeds)
 
