@@ -32,8 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="standard", choices=[*suites, CARD], metavar="NAME",
                    help="; ".join(f"{name}: {text}" for name, text in suites.items())
                    + f"; {CARD}: a bundle's robustness card, adaptive attacks included (with --bundle) (default standard)")
-    p.add_argument("--profile", choices=["quick", "full"], default="quick",
-                   help="card profile: quick (500 test images) or full (all 10,000, more restarts and steps)")
+    p.add_argument("--profile", choices=["quick", "full", "detection"], default="quick",
+                   help="card profile: quick (500 test images), full (all 10,000, more restarts and steps) or "
+                        "detection (all 10,000, only the full card's FGSM and PGD rows at eps: a detector's "
+                        "detection rate, not a card)")
     p.add_argument("--work-dir", default=None,
                    help="card: folder for finished shards, so an interrupted card resumes (default OUT/shards)")
     p.add_argument("--partial", action="store_true",

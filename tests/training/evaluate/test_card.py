@@ -48,6 +48,26 @@ def test_adaptive_attack_beats_the_detector_ignorant_one(card):
     assert card["worst_case_accuracy"] <= card["adaptive_worst_case_accuracy"]
 
 
+def test_detection_rows_equal_the_full_cards_and_claim_no_card(card, defended_bundle, fmnist_small):
+    """`rows="detection"` measures the card's own FGSM and PGD rows (same images, same seeds, the
+    same figures) and nothing it cannot vouch for: no adaptive worst case, no masking verdict."""
+    from advguard.cli.card import card_table
+
+    config = CardConfig(**{**SMALL.__dict__, "rows": "detection"})
+    detection = evaluate_bundle(defended_bundle, fmnist_small.test.x, fmnist_small.test.y, config, profile="test")
+    assert [r["label"] for r in detection["attacks"]] == ["FGSM eps=0.1", "PGD-20 CE x1 eps=0.1"]
+    for r in detection["attacks"]:
+        full = rows(card)[r["label"]]
+        assert {k: r[k] for k in ("served_accuracy", "flagged", "detected_among_successful", "successful")} == \
+            {k: full[k] for k in ("served_accuracy", "flagged", "detected_among_successful", "successful")}
+    assert detection["clean"] == card["clean"]
+    assert detection["adaptive_worst_case_accuracy"] is None and detection["gradient_masking_suspected"] is None
+    table = card_table({"name": "b", "version": 1, "robustness": detection})
+    assert "not measured (no Square row)" in table and "not a robustness card" in table
+    with pytest.raises(ValueError, match="rows must be one of"):
+        CardConfig(rows="adaptive")
+
+
 class GradientMasked(nn.Module):
     """The same function as `model` with no gradient reaching the input (a shattered gradient,
     as an input quantizer without BPDA gives)."""
