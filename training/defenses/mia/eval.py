@@ -10,7 +10,9 @@
 - adaptive: an attacker who knows the ensemble runs targeted PGD on its differentiable
   surrogate (log of the mean member probability) toward the most likely *wrong, non-adversarial*
   class; success = the vote gives a wrong class that is not "adversarial".
-Writes eval.json and eval.md (the tables) into --out.
+Writes eval.json and eval.md (the tables) into --out. The unseen attacks' images are kept in
+shards under --out/unseen/ (1,000 images each), so a stopped evaluation resumes where it stopped;
+a different --unseen or --n asks for a fresh --out instead of mixing shards.
 """
 from __future__ import annotations
 
@@ -60,6 +62,18 @@ def adaptive_attack(ensemble: MIAEnsemble, clean: Split, adv_class: int, eps: fl
             "accuracy": float((pred == clean.y).float().mean())}
 
 
+def unseen_folder(folder: Path, attacks: str, n: int) -> Path:
+    """`folder` for the unseen attacks' shards, stamped with what made them; shards of other
+    attacks or another image count are refused, never silently reused."""
+    stamp = {"unseen": attacks, "clean_images": n}
+    path = folder / "made-by.json"
+    if path.exists() and read_json(path) != stamp:
+        raise SystemExit(f"{folder} holds shards of {read_json(path)}, not {stamp}: "
+                         f"pass another --out or delete {folder}")
+    write_json(path, stamp)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder written by `advguard train --defense mia`")
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                                     limit_test=max(n, n_test)))
     clean = splits.test.take(n)
     seen = seen.select(seen.source_index < n)
-    unseen = craft_per_attack(source, clean, parse_attacks(args.unseen), seed=11)
+    unseen = craft_per_attack(source, clean, parse_attacks(args.unseen), seed=11,
+                              folder=unseen_folder(out / "unseen", args.unseen, n))
     report = detection_report(ensemble, clean, _merge(seen, unseen), len(splits.labels))
     for name in unseen.names:
         report["attacks"][name]["unseen"] = True
