@@ -108,6 +108,25 @@ def test_paper002_full_cpu_falls_back_to_the_reduced_run_marked(tmp_path):
     assert "RESULTS.md" in mia["source"]
 
 
+def test_paper002_table_has_one_row_per_figure_in_the_three_columns():
+    """Issue 16's table: clean accuracy, false positives, detection per attack (seen and unseen)
+    and accuracy on what slips through, each with the paper's claim, ours in the transfer
+    setting and ours against the adaptive attacker (on the PGD row, where that attack lives)."""
+    from training.reproduce.paper002 import REDUCED_MIA, mia_rows
+
+    rows = mia_rows(REDUCED_MIA, "the reduced run")
+    papers = [r["paper"] for r in rows]
+    assert papers[0].startswith("clean 10-class accuracy") and papers[1].startswith("false positives")
+    assert [p.split(":")[0] for p in papers[2:6]] == ["detection of GMA", "detection of PGD", "detection of FGSM",
+                                                       "detection of CW"]
+    assert sum("never trained on" in p for p in papers) == 2 and papers[-1].startswith("accuracy on attacked")
+    by_paper = {r["paper"].split(":")[0]: r for r in rows}
+    assert by_paper["clean 10-class accuracy"]["ours_paper_setting"] == "78.4%"
+    assert by_paper["detection of CW"]["ours_paper_setting"] == "45.9% flagged"
+    assert "succeeds 72.6%" in by_paper["detection of PGD"]["ours_strong"]
+    assert all(r["data"] == "the reduced run" for r in rows[:6])
+
+
 def test_paper004_measures_both_models_and_our_best_variant(quick):
     m = quick["results"]["004"]["measured"]
     results = m["results"]
