@@ -56,13 +56,15 @@ def card_table(manifest: dict) -> str:
     for r in card["attacks"]:
         lines.append(f"| {r['label']} | {r['kind']} | {_pct(r['served_accuracy'])} | {_pct(r['flagged'])} | "
                      f"{_pct(r['detected_among_successful'])} | {_pct(r['right_or_flagged'])} |")
+    detection_only = card.get("config", {}).get("rows") == "detection"
     lines += ["", "adaptive worst case (per image, every adaptive variant): "
               + (_pct(card["adaptive_worst_case_accuracy"]) if card["adaptive_worst_case_accuracy"] is not None
                  else "not measured"),
-              f"worst case over every L-inf attack at eps {card['eps']}: {_pct(card['worst_case_accuracy'])}",
+              f"worst case over every L-inf {'row' if detection_only else 'attack'} at eps {card['eps']}: "
+              f"{_pct(card['worst_case_accuracy'])}",
               "gradient masking suspected (Square beats the white-box attacks): "
               + {True: "YES", False: "no", None: "not measured (no Square row)"}[card["gradient_masking_suspected"]]]
-    if card.get("config", {}).get("rows") == "detection":
+    if detection_only:
         lines.append("rows: detection only (FGSM and PGD; no adaptive attack, no Square): not a robustness card")
     return "\n".join(lines)
 
