@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 
 from serving.bundle import Bundle
 from training.checkpoint import write_atomic
+from training.claims import claim, release
 
 
 @dataclass
@@ -92,27 +91,10 @@ class ShardStore:
 
     def claim(self, k: int) -> bool:
         """Claim shard k for this process; False while another live process on this host holds it."""
-        path = self.folder / f"shard-{k:04d}.claim"
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid, host = path.read_text().split()
-                except (OSError, ValueError):
-                    return False  # being written this instant
-                if host == socket.gethostname() and not _alive(int(pid)):
-                    path.unlink(missing_ok=True)  # its process is gone: take over
-                    continue
-                return pid == str(os.getpid()) and host == socket.gethostname()
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            return True
-        return False
+        return claim(self.folder / f"shard-{k:04d}.claim")
 
     def release(self, k: int) -> None:
-        (self.folder / f"shard-{k:04d}.claim").unlink(missing_ok=True)
+        release(self.folder / f"shard-{k:04d}.claim")
 
     def load(self, k: int) -> list[ShardRow] | None:
         """Shard k's rows, or None when it is absent or measured something else."""
@@ -126,12 +108,3 @@ class ShardStore:
                              Served(*(data[f"{field}_{i}"] for field in ("correct", "flagged", "primary_correct"))),
                              r["seconds"]) for i, r in enumerate(meta["rows"])]
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

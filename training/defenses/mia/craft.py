@@ -12,6 +12,8 @@ a run that stopped and resumed makes the same pool as one that did not. With `fo
 is written as it is made (`training.checkpoint.save_atomic`: a file is whole or absent)
 and a shard already there is loaded, never recomputed; a stop loses at most the shard in flight.
 Each shard records its wall time (`seconds`): `training.defenses.mia.plan` reads the rates.
+Several processes may share one folder: each claims a shard before making it
+(`training.claims`), skips the shards others hold and waits for their files at the end.
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from tqdm import tqdm
 
 from training.attacks import Attack
 from training.checkpoint import save_atomic
+from training.claims import claim, release
 from training.data import Split
 from training.defenses.mia.data import AdversarialSet, AttackSpec
 from training.options import build_config
 
 log = logging.getLogger(__name__)
 ATTACK_SEED_STRIDE, SHARD_SEED_STRIDE = 7919, 104729
+CLAIM_POLL_SECONDS = 10.0
 
 
 def run_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -83,19 +87,40 @@ def craft_attack(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.T
     done = sum(min(shard_size, n - j * shard_size) for j, p in enumerate(paths) if p is not None and p.exists())
     bar = tqdm(total=n, initial=done, desc=label or spec.name, unit="img", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 60.0, disable=n == 0)
-    for j, path in enumerate(paths):
+
+    def make(j: int) -> None:
         lo, hi = j * shard_size, min(n, (j + 1) * shard_size)
-        if path is not None and path.exists():
-            out[lo:hi] = torch.load(path, map_location="cpu", weights_only=True)["x"]
-            continue
         began = time.perf_counter()
         out[lo:hi] = run_attack(model, spec, x[lo:hi], y[lo:hi], batch_size, seed + SHARD_SEED_STRIDE * j, offset=lo)
         seconds = time.perf_counter() - began
-        if path is not None:
-            save_atomic({"x": out[lo:hi].clone(), "seconds": seconds, "images": hi - lo}, path)
+        if paths[j] is not None:
+            save_atomic({"x": out[lo:hi].clone(), "seconds": seconds, "images": hi - lo}, paths[j])
         bar.update(hi - lo)
         log.info("%s shard %d/%d: %d images in %.1f s (%.3f s/image)", label or spec.name, j + 1, len(paths),
                  hi - lo, seconds, seconds / max(hi - lo, 1))
+
+    def load(j: int) -> bool:
+        if paths[j] is None or not paths[j].exists():
+            return False
+        out[j * shard_size:(j + 1) * shard_size] = torch.load(paths[j], map_location="cpu", weights_only=True)["x"]
+        return True
+
+    def claimed(j: int) -> bool:
+        """Shard j made here under its claim (True), or left to the process that holds it."""
+        if paths[j] is not None and not claim(paths[j].with_suffix(".claim")):
+            return False
+        try:
+            if not load(j):  # written by another process just before our claim
+                make(j)
+        finally:
+            if paths[j] is not None:
+                release(paths[j].with_suffix(".claim"))
+        return True
+
+    elsewhere = [j for j in range(shards) if not load(j) and not claimed(j)]
+    for j in elsewhere:  # made by the process that claimed it, or here if that process is gone
+        while not load(j) and not claimed(j):
+            time.sleep(CLAIM_POLL_SECONDS)
     bar.close()
     return out
 

@@ -12,7 +12,8 @@
   class; success = the vote gives a wrong class that is not "adversarial".
 Writes eval.json and eval.md (the tables) into --out. The unseen attacks' images are kept in
 shards under --out/unseen/ (1,000 images each), so a stopped evaluation resumes where it stopped;
-a different --unseen or --n asks for a fresh --out instead of mixing shards.
+a different --unseen or --n asks for a fresh --out instead of mixing shards. `--craft-only`
+processes beside it (same arguments) share the shards, one per free core.
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adaptive-eps", type=float, default=0.1, help="0 skips the adaptive attack")
     parser.add_argument("--adaptive-steps", type=int, default=40)
     parser.add_argument("--out", default=None, help="folder for eval.json and eval.md (default RUN/eval)")
+    parser.add_argument("--craft-only", action="store_true",
+                        help="only make the unseen attacks' shards and exit: run it beside the full evaluation "
+                             "with the same --run, --n and --out, once per free core, to share the work")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     seen = seen.select(seen.source_index < n)
     unseen = craft_per_attack(source, clean, parse_attacks(args.unseen), seed=11,
                               folder=unseen_folder(out / "unseen", args.unseen, n))
+    if args.craft_only:
+        log.info("unseen attacks' shards made in %s", out / "unseen")
+        return 0
     report = detection_report(ensemble, clean, _merge(seen, unseen), len(splits.labels))
     for name in unseen.names:
         report["attacks"][name]["unseen"] = True

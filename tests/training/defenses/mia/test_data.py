@@ -98,3 +98,39 @@ def test_bootstraps_sample_with_replacement():
     assert not torch.equal(samples[0].x, samples[1].x)
     again = bootstraps(split, 3, seed=0)
     assert all(torch.equal(a.x, b.x) for a, b in zip(samples, again))
+
+
+def test_shards_claimed_by_another_live_process_are_waited_for_not_remade(source, clean, tmp_path, monkeypatch):
+    """Two processes on one shard folder (`mia.eval --craft-only` beside the evaluation): the shard
+    another live process claimed is not made here; this process makes the others, waits for that
+    shard's file and ends with the same images as a process alone."""
+    import socket
+    import subprocess
+    import threading
+
+    import training.defenses.mia.craft as craft
+
+    monkeypatch.setattr(craft, "CLAIM_POLL_SECONDS", 0.05)
+    spec = parse_attacks(f"pgd:eps={EPS};steps=2;alpha=0.05")[0]
+    x, y = clean.x[:60], clean.y[:60]
+    alone = craft.craft_attack(source, spec, x, y, seed=3, shard_size=20, folder=tmp_path / "alone")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (shared / "00001.claim").write_text(f"{other.pid} {socket.gethostname()}")
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(
+            x=craft.craft_attack(source, spec, x, y, seed=3, shard_size=20, folder=shared)))
+        worker.start()
+        while worker.is_alive() and not (shared / "00002.pt").exists():  # shards 0 and 2 made here, not 1
+            worker.join(0.05)
+        worker.join(0.3)
+        assert worker.is_alive() and not (shared / "00001.pt").exists()
+        (shared / "00001.pt").write_bytes((tmp_path / "alone" / "00001.pt").read_bytes())  # the other process's
+        worker.join(30)
+        assert not worker.is_alive()
+    finally:
+        other.kill()
+    assert torch.equal(result["x"], alone)
+    assert not list(shared.glob("*.claim"))[1:]  # only the other process's claim may remain
