@@ -64,7 +64,8 @@ def shard_key(bundle: Bundle, config, split: str) -> str:
     guard = bundle.guard
     detectors = [{"name": d["name"], "threshold": round(float(d["threshold"]), 6), "options": d.get("options", {})}
                  for d in guard.get("detectors", [])]
-    card = {k: v for k, v in asdict(config).items() if k != "n"}
+    card = {k: v for k, v in asdict(config).items()
+            if k != "n" and not (k == "rows" and v == "all")}  # shards written before `rows` existed stay valid
     what = {"twins": sorted(t["sha256"] for t in bundle.raw.get("twins", [])),
             "models": sorted(m.sha256 for m in bundle.models if m.role not in ("primary", "fallback", "reference")),
             "detectors": detectors, "policy": guard.get("policy"), "action": guard.get("action"),
