@@ -19,7 +19,7 @@ CNN_RUN   := runs/fmnist-cnn-std
 PROTOS    := $(wildcard protos/advguard/v1/*.proto protos/inference/*.proto)
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup data protos test serve bundle bundle-best bundle-mia clean lint prometheus loadgen-tools bench-serve
+.PHONY: setup data protos test serve bundle bundle-best bundle-mia clean lint prometheus loadgen-tools bench-serve native-tools native bench-native
 
 setup: $(STAMP) $(PROTO_STAMP) data
 
@@ -56,6 +56,20 @@ loadgen-tools:
 	@(command -v h2load && command -v wrk) >/dev/null 2>&1 || \
 	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q nghttp2-client wrk || (apt-get update -q && apt-get install -y -q nghttp2-client wrk)) ) || \
 	  echo "h2load/wrk missing: sudo apt-get install nghttp2-client wrk (bench.serve falls back to its Python clients)" >&2
+
+# g++ and Debian's libgrpc++: the native front end (`python -m serving.native`, built on first use
+# into build/native/; docs/design/native-front-end.md). Without them its tests skip, naming these.
+native-tools:
+	@(command -v g++ && pkg-config --exists grpc++) >/dev/null 2>&1 || \
+	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q g++ pkg-config libgrpc++-dev || (apt-get update -q && apt-get install -y -q g++ pkg-config libgrpc++-dev)) ) || \
+	  echo "native front end's toolchain missing: sudo apt-get install g++ pkg-config libgrpc++-dev" >&2
+
+native: setup native-tools
+	$(BIN)/python -c "from serving.native.build import build; print(build())"
+
+# The native front end against `advguard serve` (and KServe) on the default bundle: server CPU per call.
+bench-native: bundle loadgen-tools native peers-venvs
+	$(BIN)/python -m bench.native_front --store model_store --model $(MODEL) --rounds 3 --kserve
 
 bench-serve: bundle loadgen-tools
 	$(BIN)/python -m bench.serve --store model_store --model $(MODEL)
@@ -102,7 +116,7 @@ bundle-mia: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
 serve: bundle
 	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: setup prometheus loadgen-tools deploy-tools
+test: setup prometheus loadgen-tools deploy-tools native-tools
 	$(BIN)/python -m pytest -q -ra
 
 clean:

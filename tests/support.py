@@ -26,6 +26,18 @@ def encode_image(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def uint8_and_png_inputs(x: np.ndarray) -> tuple:
+    """The same N x 1 x H x W uint8 images as two tritonclient (gRPC) inputs: a UINT8 tensor and a
+    BYTES tensor of PNG files."""
+    import tritonclient.grpc as tc
+
+    as_uint8 = tc.InferInput("input", list(x.shape), "UINT8")
+    as_uint8.set_data_from_numpy(x)
+    as_png = tc.InferInput("input", [len(x)], "BYTES")
+    as_png.set_data_from_numpy(np.array([encode_image(image[0]) for image in x], dtype=np.object_))
+    return as_uint8, as_png
+
+
 @contextlib.contextmanager
 def one_thread():
     """One torch intra-op thread inside the block, the previous count restored after it."""

@@ -1,5 +1,6 @@
-"""The one table from the serving core's error kinds (`serving.errors`) to gRPC status codes,
-and the one way a handler ends a call with a status (recorded for the call's metrics first).
+"""The one table from the serving core's error kinds (`serving.errors`) to gRPC status codes
+(`serving.grpc.codes`, read here as `grpc.StatusCode`s), and the one way a handler ends a call
+with a status (recorded for the call's metrics first).
 Handlers never pick codes for core errors themselves: they raise or let the core raise, and
 `handle_errors` maps (MLServer's STATUS_CODE_MAPPING)."""
 from __future__ import annotations
@@ -9,31 +10,16 @@ from typing import Callable
 
 import grpc
 
-from serving.errors import (
-    BatcherClosedError, DeadlineExceededError, InputError, PermissionDeniedError, QueueFullError, RequestTooLargeError,
-    UnknownModelError,
-)
+from serving.grpc.codes import CODE_NAME_OF, code_name_of
 from serving.metrics import call_labels
 
-STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
-    InputError: grpc.StatusCode.INVALID_ARGUMENT,
-    RequestTooLargeError: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownModelError: grpc.StatusCode.NOT_FOUND,
-    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-    QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    BatcherClosedError: grpc.StatusCode.UNAVAILABLE,
-}
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {kind: grpc.StatusCode[name] for kind, name in CODE_NAME_OF.items()}
 CORE_ERRORS = tuple(STATUS_OF)
 
 
 def status_of(err: Exception) -> grpc.StatusCode:
     """The status for a core error (its class or the nearest base class in the table)."""
-    for kind in type(err).__mro__:
-        code = STATUS_OF.get(kind)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode[code_name_of(err)]
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):

@@ -18,8 +18,8 @@ import json
 from importlib import metadata
 from typing import NamedTuple
 
-from serving.errors import InputError, PermissionDeniedError
-from serving.grpc.inference import INPUT, OUTPUTS, outputs_for
+from serving.errors import InputError
+from serving.grpc.oip import INPUT, outputs_for, refuse_unknown
 from serving.rest.tensors import OUTPUT_TYPES, infer_response, output_shape, request_images, split_body
 from serving.runtime.dataplane import DataPlane
 
@@ -61,12 +61,7 @@ def _wanted(request: dict, offered: tuple[str, ...]) -> list[tuple[str, bool]]:
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
         raise InputError("'outputs' must be a list of objects with a 'name'")
     wanted = [(o["name"], _parameters(o).get("binary_data", all_binary) is True) for o in asked]
-    unknown = [name for name, _ in wanted if name not in offered]
-    if unknown:
-        if unknown[0] in OUTPUTS:
-            raise PermissionDeniedError(f"output {unknown[0]!r} is shown only by a server started with "
-                                        "--disclosure full; outputs: " + ", ".join(offered))
-        raise InputError(f"unknown output {unknown[0]!r}; outputs: {', '.join(offered)}")
+    refuse_unknown([name for name, _ in wanted], offered)
     return wanted
 
 

@@ -58,17 +58,23 @@ def start_server(store: Path, log: Path, *args: str, env: dict | None = None) ->
     """`advguard serve` on free ports; returns once it printed its ready line (all bundles loaded)."""
     cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", str(store), "--port", "0",
            "--metrics-port", "0", "--threads", "1", *args]
+    proc, info = launch(cmd, log, env)
+    return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log, info)
+
+
+def launch(cmd: list[str], log: Path, env: dict | None = None) -> tuple[subprocess.Popen, dict]:
+    """A server command that prints `advguard serve`'s ready line, started from the repository root
+    (stderr to `log`); returns once that line came, with its fields, or raises with the log."""
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, **(env or {})})
     line = proc.stdout.readline()  # blocks until ready (or EOF if it died)
     try:
-        info = parse_ready(line)
+        return proc, parse_ready(line)
     except ValueError:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}") from None
-    return ServerProcess(proc, info["port"], info["metrics_port"], Path(store), log, info)
+        raise RuntimeError(f"{cmd[2]} did not start: {line!r}\n{log.read_text()}") from None
 
 
 def clone_bundle(src: Path, store: Path, name: str, version: str, guard: dict | None = None) -> Path:

@@ -1,17 +1,15 @@
 """Open Inference Protocol v2 with an unmodified tritonclient[grpc] client."""
 from __future__ import annotations
 
-import io
-
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
 
 tc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc  # noqa: E402
+from tests.support import uint8_and_png_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +60,7 @@ def test_model_infer_gives_class_and_verdict_like_classify(client, server, clean
 
 def test_uint8_bytes_and_requested_outputs(client, clean_images):
     x = clean_images[0][:3]
-    as_uint8 = tc.InferInput("input", list(x.shape), "UINT8")
-    as_uint8.set_data_from_numpy(x)
-    files = []
-    for image in x:
-        buffer = io.BytesIO()
-        Image.fromarray(image[0]).save(buffer, format="PNG")
-        files.append(buffer.getvalue())
-    as_png = tc.InferInput("input", [3], "BYTES")
-    as_png.set_data_from_numpy(np.array(files, dtype=np.object_))
+    as_uint8, as_png = uint8_and_png_inputs(x)
     wanted = [tc.InferRequestedOutput("class_index"), tc.InferRequestedOutput("verdict")]
     a = client.infer("fmnist-guarded", [as_uint8], outputs=wanted)
     b = client.infer("fmnist-guarded", [as_png], outputs=wanted)
