@@ -57,7 +57,7 @@ loadgen-tools:
 	  ( [ "$$(id -u)" = 0 ] && (apt-get install -y -q nghttp2-client wrk || (apt-get update -q && apt-get install -y -q nghttp2-client wrk)) ) || \
 	  echo "h2load/wrk missing: sudo apt-get install nghttp2-client wrk (bench.serve falls back to its Python clients)" >&2
 
-# g++ and Debian's libgrpc++: the native front end (`python -m serving.native`, built on first use
+# g++ and Debian's libgrpc++: the native front end (`advguard serve --front native`, built on first use
 # into build/native/; docs/design/native-front-end.md). Without them its tests skip, naming these.
 native-tools:
 	@(command -v g++ && pkg-config --exists grpc++) >/dev/null 2>&1 || \

@@ -1,4 +1,4 @@
-"""`python -m bench.native_front`: server CPU time per answered OIP `ModelInfer` call, `advguard
+"""`python -m bench.native_front`: server CPU time per answered OIP `ModelInfer` (or `Classify`) call, `advguard
 serve` (Python gRPC, grpc.aio) against the native front end (`python -m serving.native`: C++ gRPC
 handing whole batches to the same Python core), on the same bundle, guarded and with skip_guard.
 
@@ -15,8 +15,10 @@ calls a second instead of closed-loop load, the same to every server, so that a 
 (and with them its CPU per call) do not grow only because it answers faster. `--kserve` adds KServe's
 ModelServer (bench/peers/kserve_model.py in build/peers/kserve, `make peers-venvs`) running the
 bundle's primary model alone, the peer of docs/RESULTS.md, with one row (it has no guard to skip).
+`--api classify` measures our `Classify` instead (one uint8 1 x 28 x 28 tensor; no KServe row).
 Example:
     python -m bench.native_front --store /tmp/pc/store --model fmnist-guarded --rounds 3 --kserve
+    python -m bench.native_front --store /tmp/pc/store --model fmnist-guarded --rounds 2 --api classify
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import h2load
+from bench.classify import CLASSIFY, classify_request
 from bench.percall_cpu import INFER, answer_size, oip_request
 from bench.probe import ServerProbe
 from bench.serve import start_ready
@@ -76,13 +78,13 @@ def measure_kind(kind: str, rows: list[tuple[str, bytes]], args: argparse.Namesp
     out = {}
     try:
         for name, message in rows:
-            size = answer_size(target, INFER, message)
-            h2load.grpc_load(target, INFER, message, size, 500, 8)  # warm up
-            spent = probe.measure(lambda: h2load.grpc_load(target, INFER, message, size, args.calls,
+            size = answer_size(target, args.path, message)
+            h2load.grpc_load(target, args.path, message, size, 500, 8)  # warm up
+            spent = probe.measure(lambda: h2load.grpc_load(target, args.path, message, size, args.calls,
                                                            args.concurrency, args.rps)) if metrics_port else None
             if spent is None:  # no /metrics (native, KServe): the CPU columns only
                 cpu, main = probe.cpu_seconds(), probe.cpu_seconds(pid)
-                result = h2load.grpc_load(target, INFER, message, size, args.calls, args.concurrency, args.rps)
+                result = h2load.grpc_load(target, args.path, message, size, args.calls, args.concurrency, args.rps)
                 cpu_after, main_after = probe.cpu_seconds(), probe.cpu_seconds(pid)
                 spent = {"result": result, "server_cpu_us": (cpu_after - cpu) / max(result.ok, 1) * 1e6,
                          "loop_cpu_us": (main_after - main) / max(result.ok, 1) * 1e6, "mean_batch": None}
@@ -116,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="the servers' ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--rps", type=int, default=None, help="offer this many calls a second (default: closed loop)")
     p.add_argument("--kserve", action="store_true", help="add KServe's ModelServer on the primary model (one row)")
+    p.add_argument("--api", choices=("oip", "classify"), default="oip",
+                   help="the call measured: OIP ModelInfer (FP32, default) or our Classify (a uint8 tensor; no KServe)")
     args = p.parse_args(argv)
+    args.path = INFER if args.api == "oip" else CLASSIFY
+    if args.api == "classify" and args.kserve:
+        raise SystemExit("--kserve measures ModelInfer only: leave out --api classify")
     if not h2load.available():
         raise SystemExit("h2load missing: apt-get install nghttp2-client")
     from serving.native.build import build
@@ -126,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     image = np.ascontiguousarray(load_fashion_mnist()[2][0][None])  # the first test image, uint8 1 x 28 x 28
     x = image[None].astype(np.float32) / 255
-    rows = [("guarded", oip_request(args.model, x, False, [])), ("skip_guard", oip_request(args.model, x, True, []))]
+    if args.api == "oip":
+        rows = [("guarded", oip_request(args.model, x, False, [])), ("skip_guard", oip_request(args.model, x, True, []))]
+    else:
+        rows = [("guarded", classify_request(args.model, image, False).SerializeToString()),
+                ("skip_guard", classify_request(args.model, image, True).SerializeToString())]
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.node()}: {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.model} from {args.store}, --threads {args.threads}, "
           f"{args.calls} calls a row at c={args.concurrency} ({f'{args.rps} a second' if args.rps else 'closed loop'}), "
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in (kinds if round_ % 2 == 0 else tuple(reversed(kinds))):
             runs[kind].append(measure_kind(kind, rows[1:] if kind == KSERVE else rows, args))
         print(f"round {round_ + 1} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
-    print(f"{'ModelInfer':11} {'server':15} {'server us/call (range)':>24} {'main thread us/call':>22} {'req/s':>7} "
+    print(f"{'ModelInfer' if args.api == 'oip' else 'Classify':11} {'server':15} {'server us/call (range)':>24} {'main thread us/call':>22} {'req/s':>7} "
           f"{'p50 ms':>7} {'batch':>6}  serve/native, server CPU")
     kserve = statistics.median(run["skip_guard"]["cpu"] for run in runs[KSERVE]) if args.kserve else None
     for name, _ in rows:

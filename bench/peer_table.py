@@ -14,7 +14,8 @@ import math
 OWN_API = "Classify"
 AGAINST = {OWN_API: "gRPC"}  # the peers' protocol a row is compared with, where it is not its own
 # issue 20, at c=32: advguard's rate over the best peer's OIP gRPC rate, for OIP and own Classify
-GOALS = {"advguard guarded": 1.5, "advguard unguarded": 2.0}
+GOALS = {"advguard guarded": 1.5, "advguard unguarded": 2.0,
+         "advguard native guarded": 1.5, "advguard native unguarded": 2.0}  # --front native
 GOAL_C = 32
 
 

@@ -7,6 +7,7 @@ every other round, so drift in the machine's load falls on all alike); every rou
 rows and the report shows the fastest round per row. The servers:
   advguard guarded     `advguard serve --http-port` (its default batching), the whole guard;
   advguard unguarded   the same server (`--allow-skip-guard`), requests with `skip_guard`;
+  advguard native ...  the same two with `--front native` (C++ gRPC; no REST rows: it has no HTTP port);
   MLServer             `mlserver start` with bench/peers/mlserver_runtime.py (an MLModel);
   KServe               bench/peers/kserve_model.py (a kserve.Model in KServe's ModelServer);
 all with ONNX Runtime at the same intra-op thread count (`--threads`, one inter-op thread), the
@@ -53,7 +54,7 @@ PEERS = REPO / "bench" / "peers"
 VENVS = REPO / "build" / "peers"
 CONCURRENCY = (1, 8, 32)
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-SERVERS = ("advguard", "mlserver", "kserve")
+SERVERS = ("advguard", "advguard-native", "mlserver", "kserve")  # advguard-native: --front native (gRPC only)
 
 
 def free_port() -> int:
@@ -81,9 +82,12 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{name} did not start: {line!r}; log {self.log}") from None
             grpc_port, http_port = info["port"], info["http_port"]
-        self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+        self.grpc = f"127.0.0.1:{grpc_port}"
+        self.http = None if http_port is None else f"127.0.0.1:{http_port}"  # None: no REST (--front native)
 
     def wait_ready(self, timeout: float = 180) -> None:
+        if self.http is None:
+            return  # advguard's ready line comes once every bundle is loaded and the port is open
         url = f"http://{self.http}/v2/models/{self.model}/ready"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -110,10 +114,12 @@ class Server:
 
 def start(name: str, args, bundle: Path, model_file: Path, model: str) -> Server:
     threads = str(args.threads)
-    if name == "advguard":
+    if name.startswith("advguard"):
         cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", args.store, "--port", "0",
-               "--metrics-port", "0", "--http-port", "0", "--poll-seconds", "0", "--threads", threads,
-               "--allow-skip-guard", "--default-model", model, "--workers", str(args.advguard_workers)]
+               "--metrics-port", "0", "--poll-seconds", "0", "--threads", threads, "--allow-skip-guard",
+               "--default-model", model]
+        cmd += (["--front", "native"] if name == "advguard-native"
+                else ["--http-port", "0", "--workers", str(args.advguard_workers)])
         return Server(name, cmd, model, 0, 0, ready_line=True)
     python = VENVS / name / "bin" / "python"
     if not python.exists():
@@ -176,10 +182,15 @@ def check_answers(server: Server, message: bytes, body: bytes, want: np.ndarray,
         print(f"{server.name}: answered by {answered_by(reply)}, not {primary}: not compared", file=sys.stderr)
         return len(raw)
     got = grpc_probabilities(reply)
-    reply = urllib.request.urlopen(urllib.request.Request(
-        f"http://{server.http}/v2/models/{server.model}/infer", body, {"Content-Type": "application/json"}), timeout=60)
-    output = next(o for o in json.loads(reply.read())["outputs"] if o["name"] == "probabilities")
-    for wire, probs in (("gRPC", got), ("REST", np.asarray(output["data"], np.float32).reshape(want.shape))):
+    if server.http is None:
+        answers = [("gRPC", got)]
+    else:
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"http://{server.http}/v2/models/{server.model}/infer", body, {"Content-Type": "application/json"}),
+            timeout=60)
+        output = next(o for o in json.loads(reply.read())["outputs"] if o["name"] == "probabilities")
+        answers = [("gRPC", got), ("REST", np.asarray(output["data"], np.float32).reshape(want.shape))]
+    for wire, probs in answers:
         if not np.allclose(probs, want, atol=1e-5):
             raise RuntimeError(f"{server.name} {wire} answer differs from ONNX Runtime's: {probs} vs {want}")
     return len(raw)
@@ -212,6 +223,8 @@ def grpc_rows(server: Server, variant: str, proto: str, method: str, message: by
 
 def measure(server: Server, variant: str, message: bytes, body: bytes, answer: int, seconds: float) -> list[dict]:
     rows = grpc_rows(server, variant, "gRPC", INFER, message, answer, seconds)
+    if server.http is None:
+        return rows
     url = f"http://{server.http}/v2/models/{server.model}/infer"
     wrk.post_load(url, body, "application/json", 1, 8)  # warm up
     for c in CONCURRENCY:
@@ -273,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server = start(name, args, bundle, model_file, manifest["name"])
                 server.wait_ready()
-                variants = ([("advguard guarded", False), ("advguard unguarded", True)] if name == "advguard"
+                label = name.replace("-", " ")  # "advguard native guarded"
+                variants = ([(f"{label} guarded", False), (f"{label} unguarded", True)] if name.startswith("advguard")
                             else [(name, False)])
                 for variant, skip in variants:
                     message, body = requests(manifest["name"], x, skip)
                     answer = check_answers(server, message, body, want, model_file.name)
                     own = (check_classify(server, manifest["name"], image[0], skip, want, model_file.name)
-                           if name == "advguard" else None)  # its own API too, set against the peers' OIP gRPC
+                           if name.startswith("advguard") else None)  # its own API too, set against the peers' OIP gRPC
                     rows += measure(server, variant, message, body, answer, args.seconds)
                     if own is not None:
                         rows += grpc_rows(server, variant, peer_table.OWN_API, CLASSIFY, *own, args.seconds)

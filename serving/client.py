@@ -2,7 +2,6 @@
 optional, as `advguard serve` offers them)."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass
@@ -11,28 +10,9 @@ from pathlib import Path
 import grpc
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from serving.grpc.settings import is_loopback
 
 VERDICTS = {v: k for k, v in guard_pb2.Verdict.items()}
-
-
-def is_loopback(address: str) -> bool:
-    """True for an address on this machine: a host (`--host`) or a HOST:PORT target, with or
-    without a `dns:///` scheme: localhost, 127.0.0.0/8 or ::1 (bare or in brackets). Anything
-    else, a name resolving to loopback included, counts as off the machine.
-
-    Example: is_loopback("127.0.0.1:50051") and is_loopback("[::1]:50051") and is_loopback("::1")
-    """
-    host = address.split("///")[-1]
-    if host.startswith("["):
-        host = host[1:].split("]")[0]
-    elif host.count(":") == 1:  # HOST:PORT; more colons: a bare IPv6 address
-        host = host.split(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from serving.grpc.server import ServerSettings, check_exposure, serve
+from serving.grpc.server import serve
+from serving.grpc.settings import ServerSettings, check_exposure
 from serving.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,15 @@ CODE_NAME_OF: dict[type[Exception], str] = {
     DeadlineExceededError: "DEADLINE_EXCEEDED",
     BatcherClosedError: "UNAVAILABLE",
 }
+AUTH_HEADER = "authorization"
+# what a call refused before its handler runs is told (status name, message), by every gRPC front end
+UNAUTHENTICATED = ("UNAUTHENTICATED", f"missing or wrong bearer token: send metadata '{AUTH_HEADER}: Bearer <token>'")
+DRAINING = ("UNAVAILABLE", "server is shutting down; retry (on another replica)")
 # the gRPC protocol's numbers for the codes a front end sends (grpc/status.h)
 CODE_NUMBERS = {"OK": 0, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "PERMISSION_DENIED": 7,
-                "RESOURCE_EXHAUSTED": 8, "INTERNAL": 13, "UNAVAILABLE": 14}
+                "RESOURCE_EXHAUSTED": 8, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+                "UNAUTHENTICATED": 16}
+CODE_NAMES = {number: name for name, number in CODE_NUMBERS.items()}
 
 
 def code_name_of(err: Exception) -> str:

@@ -20,31 +20,19 @@ duplicate names).
 """
 from __future__ import annotations
 
-import json
-from importlib import metadata
-
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving.answer import OIP_OUTPUTS, oip_shape
-from serving.errors import UnknownModelError
 from serving.grpc.context import deadline_of
-from serving.grpc.oip import (  # noqa: F401  (the message code lives in serving.grpc.oip, shared with serving.native)
-    GUARD_DETAIL, INPUT, OUTPUTS, TEMPLATES_PER_PIPELINE, infer_response, outputs_for, pack_bytes, request_tensor,
-    skip_guard, unpack_bytes, wanted_outputs,
+from serving.grpc.oip import (  # the message code, shared with serving.native
+    infer_response, model_metadata, model_ready, outputs_for, request_tensor, server_metadata, server_ready,
+    skip_guard, wanted_outputs,
 )
 from serving.grpc.status import handle_errors
 from serving.runtime.dataplane import DataPlane
 from serving.runtime.decode import Decoder
 from serving.runtime.models import ServedModel
-
-
-def _version() -> str:
-    try:
-        return metadata.version("advguard")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 async def request_images(request: pb.ModelInferRequest, served: ServedModel, decoder: Decoder) -> np.ndarray:
@@ -65,35 +53,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.ready and bool(self.plane.names()))
+        return server_ready(self.plane, self.ready)
 
     async def ModelReady(self, request, context):
-        try:
-            self.plane.model(request.name, request.version)
-        except UnknownModelError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.ready)
+        return model_ready(self.plane, request, self.ready)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="advguard", version=_version(), extensions=[])
+        return server_metadata()
 
     @handle_errors
     async def ModelMetadata(self, request, context):
-        served = self.plane.model(request.name, request.version)
-        bundle, k = served.bundle, len(served.bundle.labels)
-        d = len(served.pipeline.detectors)
-        response = pb.ModelMetadataResponse(name=bundle.name, versions=self.plane.versions(bundle.name),
-                                            platform="advguard_guarded_onnx")
-        response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
-        for name in self.offered:
-            response.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=oip_shape(name, -1, k, d))
-        guard = bundle.guard or {}
-        response.parameters["robustness_card"].string_param = json.dumps(bundle.robustness or {})
-        response.parameters["verdict_calibration"].string_param = json.dumps(guard.get("verdict", {}))
-        response.parameters["detectors"].string_param = ",".join(c.detector.name for c in served.pipeline.detectors)
-        response.parameters["policy"].string_param = served.pipeline.policy.combine
-        response.parameters["action"].string_param = served.pipeline.policy.action
-        return response
+        return model_metadata(self.plane, request, self.offered)
 
     @handle_errors
     async def ModelInfer(self, request, context):

@@ -13,10 +13,10 @@ from typing import Callable
 
 import grpc
 
+from serving.grpc import codes
+from serving.grpc.codes import AUTH_HEADER
 from serving.grpc.status import abort
 from serving.metrics import CallLabels, Metrics, set_call_labels
-
-AUTH_HEADER = "authorization"
 
 
 def _code_of(context, labels: CallLabels, err: BaseException | None) -> str:
@@ -39,9 +39,8 @@ def _unread(data: bytes) -> None:
     return None
 
 
-UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED,
-                   f"missing or wrong bearer token: send metadata '{AUTH_HEADER}: Bearer <token>'")
-DRAINING = (grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry (on another replica)")
+UNAUTHENTICATED = (grpc.StatusCode[codes.UNAUTHENTICATED[0]], codes.UNAUTHENTICATED[1])
+DRAINING = (grpc.StatusCode[codes.DRAINING[0]], codes.DRAINING[1])
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):

@@ -7,15 +7,18 @@ What the tensors mean is documented in `serving.grpc.inference`.
 """
 from __future__ import annotations
 
+import json
 import struct
+from importlib import metadata
 
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from serving.answer import OIP_OUTPUTS, Answers, oip_column, oip_shape
 from serving.bundle import InputSpec
-from serving.errors import InputError, PermissionDeniedError
+from serving.errors import InputError, PermissionDeniedError, UnknownModelError
 from serving.preprocess import Limits, check_count, tensor_to_array
+from serving.runtime.dataplane import DataPlane
 
 INPUT = "input"
 OUTPUTS = tuple(OIP_OUTPUTS)
@@ -139,4 +142,47 @@ def infer_response(answers: Answers, wanted: tuple[str, ...], request_id: str) -
     response.raw_output_contents.extend(
         [pack_bytes(column) if OIP_OUTPUTS[name] == "BYTES" else np.ascontiguousarray(column).tobytes()
          for name, column in ((name, oip_column(answers, name)) for name in wanted)])
+    return response
+
+
+def _version() -> str:
+    try:
+        return metadata.version("advguard")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def server_ready(plane: DataPlane, ready: bool) -> pb.ServerReadyResponse:
+    """`ready`: False once the server begins to stop."""
+    return pb.ServerReadyResponse(ready=ready and bool(plane.names()))
+
+
+def model_ready(plane: DataPlane, request: pb.ModelReadyRequest, ready: bool) -> pb.ModelReadyResponse:
+    try:
+        plane.model(request.name, request.version)
+    except UnknownModelError:
+        return pb.ModelReadyResponse(ready=False)
+    return pb.ModelReadyResponse(ready=ready)
+
+
+def server_metadata() -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name="advguard", version=_version(), extensions=[])
+
+
+def model_metadata(plane: DataPlane, request: pb.ModelMetadataRequest, offered: tuple[str, ...]) -> pb.ModelMetadataResponse:
+    """The bundle's input, the `offered` outputs, and its card and guard as parameters (UnknownModelError)."""
+    served = plane.model(request.name, request.version)
+    bundle, k = served.bundle, len(served.bundle.labels)
+    d = len(served.pipeline.detectors)
+    response = pb.ModelMetadataResponse(name=bundle.name, versions=plane.versions(bundle.name),
+                                        platform="advguard_guarded_onnx")
+    response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *bundle.input.shape])
+    for name in offered:
+        response.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=oip_shape(name, -1, k, d))
+    guard = bundle.guard or {}
+    response.parameters["robustness_card"].string_param = json.dumps(bundle.robustness or {})
+    response.parameters["verdict_calibration"].string_param = json.dumps(guard.get("verdict", {}))
+    response.parameters["detectors"].string_param = ",".join(c.detector.name for c in served.pipeline.detectors)
+    response.parameters["policy"].string_param = served.pipeline.policy.combine
+    response.parameters["action"].string_param = served.pipeline.policy.action
     return response

@@ -12,8 +12,6 @@ import asyncio
 import gc
 import logging
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -22,15 +20,11 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.advguard.v1 import guard_pb2_grpc
 from protos.inference import grpc_service_pb2_grpc
-from serving.bundle import BundleChecks
-from serving.runtime.batcher import BatchingOptions
 from serving.runtime.dataplane import DataPlane
-from serving.engine import EngineOptions
 from serving.grpc.interceptors import ServerInterceptor
-from serving.client import is_loopback
+from serving.grpc.settings import ServerSettings, check_exposure  # grpc-free, shared with serving.native
 from serving.metrics import Metrics, calls_by_code
 from serving.grpc.inference import InferenceServicer
-from serving.preprocess import Limits
 from serving.runtime.models import ModelManager
 from serving.grpc.classifier import GuardedClassifierServicer
 
@@ -38,67 +32,6 @@ log = logging.getLogger(__name__)
 SERVICE = "advguard.v1.GuardedClassifier"
 OIP_SERVICE = "inference.GRPCInferenceService"
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files: the server's certificate chain and key; `client_ca` turns on mutual TLS."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        ca = self.client_ca.read_bytes() if self.client_ca else None
-        return grpc.ssl_server_credentials([(self.key.read_bytes(), self.cert.read_bytes())],
-                                           root_certificates=ca, require_client_auth=ca is not None)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Everything `advguard serve` can set. port/metrics_port 0: any free port (reported to
-    `on_ready`); metrics_port None: no metrics endpoint; poll_seconds 0: no hot reload;
-    auth_token: require `authorization: Bearer <token>` on every call but health checks (refused
-    over plaintext off loopback unless allow_plaintext_token); metrics_host: where /metrics
-    listens (loopback by default, whatever `host` is); disclosure: what answers show of the
-    guard (`serving.answer`: verdict | full); allow_skip_guard: honour requests' skip_guard;
-    default_deadline_seconds: the deadline of calls that set none (None: none);
-    drain_seconds: after SIGTERM, how long new calls are answered UNAVAILABLE (health
-    NOT_SERVING) before the port closes, so calls already on their way are not cut off;
-    reuse_port: share port and http_port with other processes that set it (SO_REUSEPORT: the
-    workers of `serving.workers`); off, a port already in use is an error."""
-
-    store: Path = Path("model_store")
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int | None = 9100
-    http_port: int | None = None  # OIP v2 over HTTP/JSON (serving.rest) on `host`; None: off, 0: any free port
-    metrics_host: str = "127.0.0.1"
-    disclosure: str = "verdict"
-    allow_skip_guard: bool = False
-    allow_plaintext_token: bool = False
-    default_deadline_seconds: float | None = 60.0
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
-    limits: Limits = field(default_factory=Limits)
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_rpcs: int | None = 1024
-    grace_seconds: float = 30.0
-    drain_seconds: float = 1.0
-    poll_seconds: float = 5.0
-    default_model: str = ""
-    auth_token: str | None = None
-    tls: TLSFiles | None = None
-    bundle_checks: BundleChecks = field(default_factory=BundleChecks)  # file size cap, --trust-key
-    reuse_port: bool = False
-
-
-def check_exposure(settings: ServerSettings) -> None:
-    """Refuse settings that would send a bearer token in clear text over a network."""
-    if settings.auth_token and settings.tls is None and not is_loopback(settings.host) and not settings.allow_plaintext_token:
-        raise ValueError(f"a bearer token over plaintext gRPC on {settings.host} would travel in clear text: "
-                         "add --tls-cert/--tls-key, serve on loopback behind a TLS proxy, or pass "
-                         "--allow-plaintext-token if the network is trusted")
 
 
 async def serve(settings: ServerSettings, on_ready: Callable[[dict], None] | None = None) -> dict:

@@ -1,8 +1,8 @@
-"""Compile the native front end's extension module (`oip_front.cc`) into build/native/ on first
+"""Compile the native front end's extension module (`transport.cc`) into build/native/ on first
 use (again when the source is newer), and import it. Needs g++, pkg-config, Debian's libgrpc++
 and this Python's headers; `ToolchainMissing` names the packages to install.
 
-Example: `front = load_extension()`; `front.start("127.0.0.1:0", 64 << 20)`.
+Example: `transport = load_extension()`; `port = transport.start("127.0.0.1:0", 64 << 20, [...], None, 0, "", "")`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sysconfig
 from pathlib import Path
 from types import ModuleType
 
-SOURCE = Path(__file__).with_name("oip_front.cc")
+SOURCE = Path(__file__).with_name("transport.cc")
 BUILD = Path(__file__).resolve().parents[2] / "build" / "native"
-NAME = "_oip_front"
+NAME = "_transport"
 PACKAGES = "g++ pkg-config libgrpc++-dev (and python3-dev for a Debian Python)"
 
 
@@ -46,7 +46,8 @@ def build() -> Path:
         return target
     why = missing()
     if why:
-        raise ToolchainMissing(f"cannot build the native front end ({why}): apt-get install {PACKAGES}")
+        raise ToolchainMissing(f"cannot build the native front end ({why}): apt-get install {PACKAGES}, "
+                               "or `make native-tools`; or serve with --front grpc")
     BUILD.mkdir(parents=True, exist_ok=True)
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++"], check=True, capture_output=True,
                            text=True).stdout.split()
@@ -58,7 +59,7 @@ def build() -> Path:
 
 
 def load_extension() -> ModuleType:
-    """The `_oip_front` module (built first if needed)."""
+    """The `_transport` module (built first if needed)."""
     spec = importlib.util.spec_from_file_location(NAME, build())
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

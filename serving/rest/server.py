@@ -29,7 +29,7 @@ from serving.rest.inference import RestInference
 from serving.runtime.dataplane import DataPlane
 
 if TYPE_CHECKING:
-    from serving.grpc.server import ServerSettings
+    from serving.grpc.settings import ServerSettings
 
 
 def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:

@@ -21,7 +21,7 @@ import numpy as np
 
 from serving.answer import OIP_OUTPUTS, Answers, oip_column, oip_shape
 from serving.errors import InputError
-from serving.grpc.inference import INPUT, pack_bytes, unpack_bytes
+from serving.grpc.oip import INPUT, pack_bytes, unpack_bytes
 from serving.preprocess import check_count, tensor_to_array
 from serving.runtime.decode import Decoder
 from serving.runtime.models import ServedModel

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from advguard.cli.serve import parse_ready
+from protos.advguard.v1 import guard_pb2
+from serving.native.build import PACKAGES, build, missing
 
 REPO = Path(__file__).resolve().parents[2]
 # the shared server's limits, small so the tests can hit them cheaply
@@ -165,3 +167,17 @@ def secure_server(serving_store, tmp_path):
     yield server, cert, token_file
     if server.proc.poll() is None:
         server.stop()
+
+
+def native_server(store: Path, log: Path, *args: str):
+    """`advguard serve --front native` on free ports (skips, naming the packages, without a toolchain)."""
+    why = missing()
+    if why:
+        pytest.skip(f"no C++ toolchain for the native front end ({why}): apt-get install {PACKAGES}")
+    build()
+    return start_server(store, log, "--front", "native", *args)
+
+
+def tensor_image(x: np.ndarray) -> guard_pb2.Image:
+    """A uint8 image as our API's tensor input."""
+    return guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8, data=x.tobytes()))

@@ -8,6 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.advguard.v1 import guard_pb2, guard_pb2_grpc
+from tests.serving.conftest import tensor_image
 from tests.support import encode_image
 
 
@@ -16,10 +17,6 @@ def stub(server):
     with grpc.insecure_channel(server.target) as channel:
         yield guard_pb2_grpc.GuardedClassifierStub(channel)
 
-
-
-def tensor_image(x: np.ndarray) -> guard_pb2.Image:
-    return guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8, data=x.tobytes()))
 
 
 def test_classify_answers_with_class_verdict_detectors_and_version(stub, clean_images):

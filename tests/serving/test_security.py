@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import socket
-import subprocess
 
 import grpc
 import numpy as np
