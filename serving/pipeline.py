@@ -22,6 +22,8 @@ from serving.guard import (
 )
 from serving.runtime.offload import drive
 
+ADVERSARIAL = int(Verdict.ADVERSARIAL)  # compared per batch: a plain int, not an IntEnum member
+
 
 def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View],
                   reference: OnnxModel | None = None) -> Outputs:
@@ -158,7 +160,7 @@ class Pipeline:
     def steps(self, x: np.ndarray, guard: bool | np.ndarray = True):
         """`run` as steps that yield its blocking model calls (see serving.runtime.offload)."""
         n = len(x)
-        mask = np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
+        mask = np.full(n, guard) if isinstance(guard, bool) else np.broadcast_to(np.asarray(guard, dtype=bool), (n,))
         answered_by = np.full(n, self.bundle.primary.file, dtype=object)
         rejected = np.zeros(n, dtype=bool)
         if not mask.any() or not self.detectors:
@@ -181,7 +183,7 @@ class Pipeline:
             if guarded.reference is not None:
                 reference = np.zeros_like(probs)
                 reference[mask] = guarded.reference
-        adversarial = guard_result.verdicts == Verdict.ADVERSARIAL
+        adversarial = guard_result.verdicts == ADVERSARIAL
         if adversarial.any() and self.policy.action == "fallback":
             probs = probs.copy()
             if self.fallback_is_reference:

@@ -53,7 +53,7 @@ class Disagreement:
         if self.kind == "tv":
             return 0.5 * np.abs(outputs.probs - ref).sum(axis=1)
         answer = outputs.probs.argmax(axis=1)
-        believed = np.take_along_axis(ref, answer[:, None], axis=1)[:, 0]
+        believed = ref[np.arange(len(answer)), answer]
         if self.kind == "doubt":
             return 1.0 - believed
         return ref.max(axis=1) - believed

@@ -29,6 +29,8 @@ class Verdict(IntEnum):
     ADVERSARIAL = 3
 
 
+_CLEAN, _SUSPICIOUS, _ADVERSARIAL = int(Verdict.CLEAN), int(Verdict.SUSPICIOUS), int(Verdict.ADVERSARIAL)
+
 # the one verdict-name table: metrics labels use the lower-case name, answers the upper-case one
 VERDICT_NAMES = tuple(v.name.lower() for v in Verdict)
 
@@ -122,21 +124,30 @@ def required_views(detectors: list[CalibratedDetector]) -> dict[str, View]:
 
 def run_guard(detectors: list[CalibratedDetector], policy: Policy, x: np.ndarray,
               outputs: Outputs) -> GuardResult:
-    """Score a batch with every detector and apply the policy."""
+    """Score a batch with every detector and apply the policy.
+
+    Served once per batch on the request path, so it keeps to a few whole-array operations
+    (the verdict values as plain ints: an IntEnum member costs a lookup per use)."""
     n = len(x)
     if not detectors:
-        return GuardResult(np.full(n, Verdict.CLEAN, dtype=np.int32), np.zeros(n, dtype=np.float32))
+        return GuardResult(np.full(n, _CLEAN, dtype=np.int32), np.zeros(n, dtype=np.float32))
     outcomes = []
+    votes = attack = None
     for cal in detectors:
         scores = np.asarray(cal.detector.score(x, outputs), dtype=np.float32)
-        outcomes.append(DetectorOutcome(cal.detector.name, scores, cal.threshold,
-                                        scores > cal.threshold, cal.target_fpr))
-    votes = np.sum([o.flagged for o in outcomes], axis=0)
+        flagged = scores > cal.threshold
+        outcomes.append(DetectorOutcome(cal.detector.name, scores, cal.threshold, flagged, cal.target_fpr))
+        ratio = scores / max(cal.threshold, 1e-12)
+        if votes is None:
+            votes, attack = flagged.astype(np.int32), ratio
+        else:
+            votes += flagged
+            np.maximum(attack, ratio, out=attack)
     needed = 1 if policy.combine == "any" else len(detectors) // 2 + 1
-    verdicts = np.where(votes >= needed, Verdict.ADVERSARIAL,
-                        np.where(votes > 0, Verdict.SUSPICIOUS, Verdict.CLEAN)).astype(np.int32)
-    ratios = np.stack([o.scores / max(o.threshold, 1e-12) for o in outcomes], axis=1)
-    return GuardResult(verdicts, ratios.max(axis=1).astype(np.float32), outcomes)
+    verdicts = np.where(votes >= needed, _ADVERSARIAL, _CLEAN).astype(np.int32, copy=False)
+    if needed > 1:
+        verdicts[(votes > 0) & (votes < needed)] = _SUSPICIOUS
+    return GuardResult(verdicts, attack.astype(np.float32, copy=False), outcomes)
 
 
 def threshold_for_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:

@@ -47,23 +47,34 @@ def load_pipeline(folder: Path, engine: EngineOptions | None = None, checks: Bun
 
 def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], None]:
     """Counts a batch's verdicts (and 'unguarded' images) and each detector's flags."""
-    verdicts = {v: metrics.verdicts.labels(name, v.name.lower()) for v in Verdict if v != Verdict.UNSPECIFIED}
+    by_value = [None] + [metrics.verdicts.labels(name, v.name.lower()) for v in Verdict if v != Verdict.UNSPECIFIED]
     unguarded = metrics.verdicts.labels(name, "unguarded")
+    flags: dict[str, object] = {}
 
-    def count(result: PipelineResult) -> None:
-        n_guarded = int(result.guarded.sum()) if result.guard is not None else 0
-        if n_guarded < len(result.classes):
-            unguarded.inc(len(result.classes) - n_guarded)
+    def count(result: PipelineResult) -> None:  # once per batch on the request path: few array operations
+        n = len(result.classes)
+        n_guarded = int(np.count_nonzero(result.guarded)) if result.guard is not None else 0
+        if n_guarded < n:
+            unguarded.inc(n - n_guarded)
         if not n_guarded:
             return
-        guarded = result.guarded
-        for value, n in enumerate(np.bincount(result.guard.verdicts[guarded], minlength=len(Verdict)).tolist()):
-            if n and value:
-                verdicts[Verdict(value)].inc(n)
+        every = n_guarded == n
+        verdicts = result.guard.verdicts if every else result.guard.verdicts[result.guarded]
+        if n_guarded == 1:
+            value = int(verdicts[0])
+            if value:
+                by_value[value].inc()
+        else:
+            for value, k in enumerate(np.bincount(verdicts, minlength=len(Verdict)).tolist()):
+                if k and value:
+                    by_value[value].inc(k)
         for outcome in result.guard.outcomes:
-            flagged = int(outcome.flagged[guarded].sum())
+            flagged = int(np.count_nonzero(outcome.flagged if every else outcome.flagged[result.guarded]))
             if flagged:
-                metrics.flagged.labels(name, outcome.name).inc(flagged)
+                counter = flags.get(outcome.name)
+                if counter is None:
+                    counter = flags[outcome.name] = metrics.flagged.labels(name, outcome.name)
+                counter.inc(flagged)
     return count
 
 

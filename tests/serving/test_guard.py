@@ -127,3 +127,31 @@ def test_fallback_answers_flagged_samples(guarded_bundle, tools, tmp_path, clean
     assert set(result.answered_by[flagged]) == {"fallback.onnx"}
     assert set(result.answered_by[~flagged]) == {"model.onnx"}
     assert not result.rejected.any()
+
+
+def test_verdict_counter_counts_guarded_images_and_flags():
+    from serving.guard import DetectorOutcome, GuardResult
+    from serving.metrics import Metrics
+    from serving.pipeline import PipelineResult
+    from serving.runtime.models import verdict_counter
+
+    def result(verdicts: list[int], guarded: list[bool], flagged: list[bool]) -> PipelineResult:
+        n = len(verdicts)
+        outcome = DetectorOutcome("a", np.zeros(n, np.float32), 1.0, np.array(flagged), 0.05)
+        guard = GuardResult(np.array(verdicts, np.int32), np.zeros(n, np.float32), [outcome])
+        return PipelineResult(np.zeros((n, 2)), np.zeros(n, int), guard, np.array(guarded),
+                              np.full(n, "model.onnx", dtype=object), np.zeros(n, bool))
+
+    metrics = Metrics()
+    count = verdict_counter(metrics, "m")
+    count(result([Verdict.ADVERSARIAL, Verdict.UNSPECIFIED, Verdict.CLEAN, Verdict.SUSPICIOUS],
+                 [True, False, True, True], [True, True, False, False]))  # the unguarded sample's flag is not counted
+    count(result([Verdict.ADVERSARIAL], [True], [True]))  # a batch of one
+    count(result([Verdict.CLEAN, Verdict.CLEAN], [True, True], [False, False]))
+
+    def value(name: str, **labels) -> float:
+        return metrics.registry.get_sample_value(name, {"model": "m", **labels}) or 0.0
+
+    assert [value("advguard_verdicts_total", verdict=v) for v in ("clean", "suspicious", "adversarial", "unguarded")] \
+        == [3, 1, 2, 1]
+    assert value("advguard_attacks_flagged_total", detector="a") == 2
