@@ -276,7 +276,9 @@ PyObject* Start(PyObject*, PyObject* args) {
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls != Py_None) {  // (certificate chain, key, client CA or None): TLS, mutual with a client CA
     const char *cert, *key, *client_ca = nullptr;
-    if (!PyArg_ParseTuple(tls, "yyz", &cert, &key, &client_ca)) return nullptr;
+    PyObject* ca;  // bytes or None
+    if (!PyArg_ParseTuple(tls, "yyO", &cert, &key, &ca)) return nullptr;
+    if (ca != Py_None && (client_ca = PyBytes_AsString(ca)) == nullptr) return nullptr;
     grpc::SslServerCredentialsOptions options(client_ca ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
                                                         : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
     if (client_ca) options.pem_root_certs = client_ca;
