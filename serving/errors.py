@@ -16,6 +16,11 @@ class InputError(ValueError):
     """The request's input is unusable; the message says what was wrong."""
 
 
+def not_a_request(type_name: str) -> InputError:
+    """Bytes that do not parse as the method's request message (e.g. `inference.ModelInferRequest`)."""
+    return InputError(f"the request is not a serialized {type_name}")
+
+
 class UnknownModelError(LookupError):
     """No such bundle name or version is loaded."""
 

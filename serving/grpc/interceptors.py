@@ -12,7 +12,9 @@ import time
 from typing import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from serving.errors import not_a_request
 from serving.grpc import codes
 from serving.grpc.codes import AUTH_HEADER
 from serving.grpc.status import abort
@@ -37,6 +39,29 @@ def _code_of(context, labels: CallLabels, err: BaseException | None) -> str:
 def _unread(data: bytes) -> None:
     """The request deserializer of a refused call: drops the bytes unparsed."""
     return None
+
+
+class _NotARequest:
+    """What `_lenient` gives for bytes that do not parse: the call is answered INVALID_ARGUMENT
+    with the message (grpc.aio alone would answer a failed deserializer INTERNAL)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _lenient(deserialize: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """A unary request deserializer that gives `_NotARequest` instead of raising."""
+    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    refused = _NotARequest(str(not_a_request(descriptor.full_name if descriptor is not None else "request")))
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return refused
+    return parse
 
 
 UNAUTHENTICATED = (grpc.StatusCode[codes.UNAUTHENTICATED[0]], codes.UNAUTHENTICATED[1])
@@ -117,6 +142,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     if refusal:
                         await refuse(context)
+                    if type(request) is _NotARequest:
+                        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
                     return await inner(request, context)
                 except BaseException as caught:
                     err = caught
@@ -135,6 +162,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     if refusal:
                         await refuse(context)
+                    if type(request) is _NotARequest:
+                        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
                     async for response in inner(request, context):
                         yield response
                 except BaseException as caught:
@@ -146,6 +175,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         # a refused call's message is never parsed: it costs no CPU or memory beyond gRPC's own
         deserializer = _unread if refusal else handler.request_deserializer
+        if deserializer is not None and not refusal and not handler.request_streaming:
+            deserializer = _lenient(deserializer)  # bytes that are no request: INVALID_ARGUMENT, not INTERNAL
         kwargs = dict(request_deserializer=deserializer, response_serializer=handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2  # protobuf only: this process never impor
 from protos.advguard.v1 import guard_pb2
 from protos.inference import grpc_service_pb2 as oip_pb
 from serving.answer import Answers
+from serving import errors
 from serving.errors import InputError, PermissionDeniedError, RequestTooLargeError, UnknownModelError
 from serving.grpc import classify, oip
 from serving.runtime.dataplane import SKIP_REFUSED, DataPlane
@@ -142,4 +143,4 @@ def method_table(h: Handlers) -> list[Method]:
 
 
 def not_a_request(method: Method) -> InputError:
-    return InputError(f"the request is not a serialized {method.request.DESCRIPTOR.full_name}")
+    return errors.not_a_request(method.request.DESCRIPTOR.full_name)

@@ -87,6 +87,27 @@ def test_bad_infer_requests_are_invalid_argument(client, make, message):
     assert message in caught.value.message()
 
 
+@pytest.mark.parametrize("method, kind", [
+    ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
+    ("/advguard.v1.GuardedClassifier/Classify", "advguard.v1.ClassifyRequest"),
+    ("/advguard.v1.GuardedClassifier/ClassifyBatch", "advguard.v1.ClassifyBatchRequest"),
+])
+def test_bytes_that_are_no_request_are_invalid_argument(server, method, kind):
+    """As the native front end answers them (test_native_front.py), not grpc.aio's INTERNAL."""
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(method)(b"\xff\xff\xff", timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == f"the request is not a serialized {kind}"
+        assert health_serving(channel)  # the server goes on
+
+
+def health_serving(channel) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_unknown_model_and_output(client, clean_images):
     x = clean_images[0][:1].astype(np.float32) / 255
     with pytest.raises(InferenceServerException) as caught:
