@@ -118,8 +118,8 @@ def start(name: str, args, bundle: Path, model_file: Path, model: str) -> Server
         cmd = [sys.executable, "-m", "advguard.cli.main", "serve", "--store", args.store, "--port", "0",
                "--metrics-port", "0", "--poll-seconds", "0", "--threads", threads, "--allow-skip-guard",
                "--default-model", model]
-        cmd += (["--front", "native"] if name == "advguard-native"
-                else ["--http-port", "0", "--workers", str(args.advguard_workers)])
+        cmd += (["--front", "native"] if name == "advguard-native" else ["--http-port", "0"])
+        cmd += ["--workers", str(args.advguard_workers)]
         return Server(name, cmd, model, 0, 0, ready_line=True)
     python = VENVS / name / "bin" / "python"
     if not python.exists():
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     p.add_argument("--mlserver-workers", type=int, default=1, help="MLServer's parallel_workers (its default: 1)")
     p.add_argument("--advguard-workers", type=int, default=1,
-                   help="advguard's --workers (server processes on one port; scaling runs: 1, 2, 4, 8 with 2N cores)")
+                   help="advguard's --workers, both front ends (server processes on one port; scaling runs: "
+                        "1, 2, 4, 8 with 2N cores)")
     p.add_argument("--json", type=Path, help="also write every round's rows, the table and the notes here")
     args = p.parse_args(argv)
     if not (h2load.available() and wrk.available()):

@@ -3,10 +3,11 @@
 The parent (`serve_workers`) serves no calls. It claims the gRPC (and REST) port, makes a
 private folder for the workers' metric files (`serving.metrics.WorkerMetrics`), serves the one
 /metrics over them, and starts N workers (multiprocessing, spawn: fresh interpreters, nothing
-inherited but the settings). Each worker is today's server, `serving.grpc.server.serve`, with
-`reuse_port` (SO_REUSEPORT: the kernel spreads new connections over the workers; a gRPC
-connection stays on the worker that accepted it) and no metrics endpoint of its own; each loads
-the store and runs its own hot reload scan.
+inherited but the settings). Each worker is one server, `serving.grpc.server.serve` (or, with
+`front="native"`, the native front end `serving.native.server.serve_native`, which has no REST
+port), with `reuse_port` (SO_REUSEPORT: the kernel spreads new connections over the workers; a
+gRPC connection stays on the worker that accepted it) and no metrics endpoint of its own; each
+loads the store and runs its own hot reload scan.
 
 Signals: SIGTERM/SIGINT to the parent sends SIGTERM to every worker, which drains as a lone
 server does (health NOT_SERVING, UNAVAILABLE for --drain-seconds, accepted calls finished);
@@ -31,7 +32,6 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from serving.grpc.server import serve
 from serving.grpc.settings import ServerSettings, check_exposure
 from serving.metrics import WorkerMetrics
 
@@ -65,8 +65,10 @@ def claim_port(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
-def _run_worker(settings: ServerSettings, ready: Connection, index: int, parent: int, level: int) -> None:
-    """A worker's main: today's server; its ready info goes to the parent through `ready`."""
+def _run_worker(settings: ServerSettings, ready: Connection, index: int, parent: int, level: int,
+                front: str = "grpc") -> None:
+    """A worker's main: one server of the front end `front` ('grpc' or 'native'); its ready info
+    goes to the parent through `ready`. Imported here: a native worker never imports grpcio."""
     logging.basicConfig(level=level, format=LOG_FORMAT.format(index=index))
     try:  # SIGTERM (drain) when the parent dies, even by SIGKILL: no orphan keeps the port
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -74,13 +76,20 @@ def _run_worker(settings: ServerSettings, ready: Connection, index: int, parent:
         log.debug("prctl unavailable: this worker outlives a killed parent")
     if os.getppid() != parent:
         return
-    asyncio.run(serve(settings, on_ready=ready.send))
+    if front == "native":
+        from serving.native.server import serve_native
+
+        serve_native(settings, on_ready=ready.send)
+    else:
+        from serving.grpc.server import serve
+
+        asyncio.run(serve(settings, on_ready=ready.send))
 
 
 class _Workers:
     """The running workers: start, forward a stop, follow their exits."""
 
-    def __init__(self, settings: ServerSettings, count: int, metrics: WorkerMetrics) -> None:
+    def __init__(self, settings: ServerSettings, count: int, metrics: WorkerMetrics, front: str = "grpc") -> None:
         ctx = multiprocessing.get_context("spawn")
         self.metrics, self.stopping, self.failed = metrics, False, False
         self.procs, self.pipes = [], {}
@@ -91,7 +100,7 @@ class _Workers:
             for index in range(count):
                 receive, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_run_worker, name=f"worker {index}",
-                                   args=(settings, send, index, os.getpid(), level))
+                                   args=(settings, send, index, os.getpid(), level, front))
                 proc.start()
                 send.close()
                 self.procs.append(proc)
@@ -145,11 +154,11 @@ class _Workers:
                 self.stop()
 
 
-def serve_workers(settings: ServerSettings, count: int,
-                  on_ready: Callable[[dict], None] | None = None) -> tuple[int, dict[str, int]]:
-    """Serve with `count` worker processes until SIGTERM/SIGINT; (exit code, calls by status
-    summed over the workers). on_ready gets the lone server's ready info with the parent's
-    metrics port and the workers' pids (`workers`)."""
+def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[dict], None] | None = None,
+                  front: str = "grpc") -> tuple[int, dict[str, int]]:
+    """Serve with `count` worker processes of the front end `front` ('grpc' or 'native') until
+    SIGTERM/SIGINT; (exit code, calls by status summed over the workers). on_ready gets the lone
+    server's ready info with the parent's metrics port and the workers' pids (`workers`)."""
     check_exposure(settings)
     if count > cores():
         log.warning("%d workers on %d cores: they will compete for CPU", count, cores())
@@ -170,7 +179,7 @@ def serve_workers(settings: ServerSettings, count: int,
         metrics_port = (metrics.serve_http(settings.metrics_port, settings.metrics_host)
                         if settings.metrics_port is not None else None)
         workers = _Workers(replace(settings, port=port, http_port=http_port, metrics_port=None, reuse_port=True),
-                           count, metrics)
+                           count, metrics, front)
 
         def ready(infos: list[dict]) -> None:
             log.info("%d workers serving on %s:%d, metrics of all on %s", count, settings.host, port,

@@ -54,7 +54,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="gRPC front end: grpc (default: grpc.aio, every method, TLS, --workers, --http-port) or "
                         "native (C++ gRPC on Debian's libgrpc++ handing whole batches to the same Python core: "
                         "about 3-4x less CPU per call; the unary methods of both APIs, bearer token, TLS, "
-                        "metrics, hot reload and draining, but no streams, --workers or --http-port; needs "
+                        "metrics, hot reload, draining and --workers, but no streams or --http-port; needs "
                         "`apt-get install g++ pkg-config libgrpc++-dev` or `make native-tools`)")
     p.add_argument("--workers", type=worker_count, default=1,
                    help="server processes sharing --port and --http-port (SO_REUSEPORT) with one /metrics "
@@ -147,14 +147,20 @@ def settings_from_args(args: argparse.Namespace):
         auth_token=token, tls=tls, bundle_checks=checks)
 
 
-def serve_native_front(settings, workers: int, ready) -> dict:
-    """`--front native` (serving.native.server); a missing toolchain is a ValueError naming it."""
-    from serving.native.build import ToolchainMissing
+def serve_native_front(settings, workers: int, ready) -> tuple[int, dict]:
+    """`--front native` (serving.native.server), with `workers` processes when more than one;
+    a missing toolchain is a ValueError naming it (told before any worker starts)."""
+    from serving.native.build import ToolchainMissing, build
     from serving.native.server import check_native, serve_native
 
-    check_native(settings, workers)
+    check_native(settings)
     try:
-        return serve_native(settings, on_ready=ready)
+        if workers > 1:
+            from serving.workers import serve_workers
+
+            build()  # once, here: the workers load the module
+            return serve_workers(settings, workers, on_ready=ready, front="native")
+        return 0, serve_native(settings, on_ready=ready)
     except ToolchainMissing as err:
         raise ValueError(str(err)) from None
 
@@ -167,7 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     if args.front == "native":
-        code, counts = 0, serve_native_front(settings, args.workers, ready)
+        code, counts = serve_native_front(settings, args.workers, ready)
     elif args.workers > 1:
         from serving.workers import serve_workers
 

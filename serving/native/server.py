@@ -12,8 +12,10 @@ many calls as the largest of the last 16 batches. SIGTERM/SIGINT: ServerReady an
 false, new calls get UNAVAILABLE for `drain_seconds` while every accepted one is answered, then
 the port closes (in-flight replies get `grace_seconds`).
 
-TLS and mutual TLS as `advguard serve` (`--tls-cert`, `--tls-key`, `--tls-client-ca`). Not served
-(the settings are refused, naming `--front grpc`): `--workers`, `--http-port`.
+TLS and mutual TLS as `advguard serve` (`--tls-cert`, `--tls-key`, `--tls-client-ca`). As a worker
+of `--workers N` (`serving.workers`): SO_REUSEPORT on the parent's port, metrics in the parent's
+multiprocess folder (`advguard_requests_in_flight` written after every batch and idle wait, so it
+lags by at most one batch wait). Not served (refused, naming `--front grpc`): `--http-port`.
 This process never imports grpcio (two gRPC cores in one address space).
 
 Example: `counts = serve_native(ServerSettings(store=Path("model_store")), on_ready=print)`
@@ -24,6 +26,7 @@ import asyncio
 import collections
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -32,7 +35,7 @@ from typing import Callable
 
 from serving.grpc.codes import DRAINING, UNAUTHENTICATED
 from serving.grpc.settings import ServerSettings, check_exposure
-from serving.metrics import Metrics, calls_by_code
+from serving.metrics import MULTIPROC_DIR, Metrics, calls_by_code
 from serving.native.build import load_extension
 from serving.native.front import BatchAnswerer
 from serving.native.methods import Handlers, ServerState, method_table
@@ -44,12 +47,10 @@ TAKE_TIMEOUT_MS = 100  # how often the waiting thread returns to Python (signals
 log = logging.getLogger(__name__)
 
 
-def check_native(settings: ServerSettings, workers: int = 1) -> None:
+def check_native(settings: ServerSettings) -> None:
     """ValueError for what the native front end does not serve (yet), naming --front grpc."""
-    unserved = [flag for flag, used in (("--workers", workers > 1), ("--http-port", settings.http_port is not None))
-                if used]
-    if unserved:
-        raise ValueError(f"{', '.join(unserved)}: not served by --front native yet; use --front grpc (the default)")
+    if settings.http_port is not None:
+        raise ValueError("--http-port: not served by --front native yet; use --front grpc (the default)")
     check_exposure(settings)
 
 
@@ -109,8 +110,13 @@ def serve_native(settings: ServerSettings, on_ready: Callable[[dict], None] | No
     port = transport.start(f"{settings.host}:{settings.port}", settings.max_message_bytes,
                            [(m.path, m.flags, m.message) for m in methods], token, settings.max_concurrent_rpcs or 0,
                            queue, UNAUTHENTICATED[1], DRAINING[1],
-                           f"queue full: {queue} calls waiting (limit {queue}); retry with backoff", pem)
-    metrics.in_flight.set_function(transport.in_flight)
+                           f"queue full: {queue} calls waiting (limit {queue}); retry with backoff", pem,
+                           settings.reuse_port)
+    if MULTIPROC_DIR in os.environ:  # a worker of --workers: the parent's /metrics reads the gauge's file
+        follow_in_flight = lambda: metrics.in_flight.set(transport.in_flight())  # noqa: E731
+    else:
+        metrics.in_flight.set_function(transport.in_flight)
+        follow_in_flight = None
     metrics_port = (metrics.serve_http(settings.metrics_port, settings.metrics_host)
                     if settings.metrics_port is not None else None)
     gc.collect()
@@ -124,7 +130,7 @@ def serve_native(settings: ServerSettings, on_ready: Callable[[dict], None] | No
         on_ready({"host": settings.host, "port": port, "metrics_port": metrics_port, "http_port": None,
                   "models": {name: repo.versions(name) for name in repo.names()}, "front": "native"})
     try:
-        serve_calls(transport, answerer, settings, stopping, state, store)
+        serve_calls(transport, answerer, settings, stopping, state, store, follow_in_flight)
     finally:
         transport.stop(settings.grace_seconds)
         answerer.refused(transport.refused())
@@ -141,8 +147,9 @@ def serve_native(settings: ServerSettings, on_ready: Callable[[dict], None] | No
 
 
 def serve_calls(transport, answerer: BatchAnswerer, settings: ServerSettings, stopping: list[int],
-                state: ServerState, store: StoreThread) -> None:
-    """Take and answer batches until a stop signal, then drain (see the module's docstring)."""
+                state: ServerState, store: StoreThread, follow_in_flight: Callable[[], None] | None = None) -> None:
+    """Take and answer batches until a stop signal, then drain (see the module's docstring);
+    `follow_in_flight`, when given, runs after every batch and every idle wait (TAKE_TIMEOUT_MS)."""
     batching = settings.batching
     recent = collections.deque([0], maxlen=RECENT_BATCHES)  # calls per batch, as BatchWait keeps images
     delay = batching.max_queue_delay_us
@@ -170,3 +177,5 @@ def serve_calls(transport, answerer: BatchAnswerer, settings: ServerSettings, st
                            for handle, method, _, arrival, _ in calls]
             transport.finish(replies)
             recent.append(len(calls))
+        if follow_in_flight is not None:
+            follow_in_flight()

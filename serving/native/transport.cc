@@ -16,11 +16,12 @@
 //
 // Python API (one server per process):
 //   start(address, max_message_bytes, methods, token, max_concurrent, max_queue, unauthenticated, draining,
-//         queue_full, tls) -> port
+//         queue_full, tls, reuse_port) -> port
 //       methods: [(path, flags, message)], flags: OPEN 1 | UNIMPLEMENTED 2; token: bytes or None;
 //       max_concurrent, max_queue: 0 for no limit; unauthenticated, draining, queue_full: the refusals'
 //       messages; tls: None (plaintext) or (PEM certificate chain, PEM key, PEM client CA or None:
-//       with one, clients must present a certificate it signed)
+//       with one, clients must present a certificate it signed); reuse_port: share the port with
+//       other processes that set it (SO_REUSEPORT, `--workers`); off, a port in use is an error
 //   take(max_calls, want, max_wait_us, gap_us, timeout_ms)
 //         -> [(handle, method index, bytes, arrival_ns, deadline_ns)]
 //       waits up to timeout_ms for a first call; then, while fewer than `want` calls wait, up to
@@ -28,7 +29,8 @@
 //       arrival_ns, deadline_ns: when the call arrived and when the client's deadline passes (0:
 //       none), on time.monotonic_ns()'s clock
 //   finish([(handle, response bytes or None, code, message), ...])  every taken call, once; the
-//       replies are started on gRPC by the module's own reply thread, not by the caller
+//       replies of a batch are started on gRPC by the module's own reply thread (a lone reply by
+//       the caller, GIL released)
 //   refused() -> [(method index, code)]  the calls refused here since the last call
 //   in_flight() -> int  calls accepted and not yet done
 //   waiting() -> int  calls queued for `take`
@@ -269,8 +271,10 @@ PyObject* Start(PyObject*, PyObject* args) {
   long max_concurrent;
   Py_ssize_t max_queue;
   PyObject *methods, *token, *tls;
-  if (!PyArg_ParseTuple(args, "siO!OlnsssO", &address, &max_message_bytes, &PyList_Type, &methods, &token,
-                        &max_concurrent, &max_queue, &unauthenticated, &draining_message, &queue_full, &tls)) {
+  int reuse_port;
+  if (!PyArg_ParseTuple(args, "siO!OlnsssOp", &address, &max_message_bytes, &PyList_Type, &methods, &token,
+                        &max_concurrent, &max_queue, &unauthenticated, &draining_message, &queue_full, &tls,
+                        &reuse_port)) {
     return nullptr;
   }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -307,6 +311,7 @@ PyObject* Start(PyObject*, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS
   service = std::make_unique<Service>();
   grpc::ServerBuilder builder;
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);  // gRPC's default is on
   builder.AddListeningPort(address, credentials, &port);
   builder.RegisterCallbackGenericService(service.get());
   builder.SetMaxReceiveMessageSize(max_message_bytes);
