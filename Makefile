@@ -102,8 +102,10 @@ bundle: setup
 # the full card (all 10,000 test images, in resumable shards: run it again to go on). Finished
 # shards are kept in the repository (docs/results/fmnist-best/card-shards, a few KB each, keyed by
 # the models' SHA-256): a fresh clone that rebuilds the same weights resumes the card there.
+# CARD_JOBS: processes sharing the card's shards (default: one per core).
+CARD_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 bundle-best: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
-	$(BIN)/advguard bundle --config configs/bundles/fmnist-best.yaml --store model_store
+	$(BIN)/advguard bundle --config configs/bundles/fmnist-best.yaml --store model_store --card-jobs $(CARD_JOBS)
 
 # fmnist-best's models plus the full-data MIA ensemble as a `mia-vote` detector (issue 16); the
 # ensemble comes from `make mia-full` (a resumable background run of hours). MIA_CARD=full for
@@ -111,7 +113,8 @@ bundle-best: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
 MIA_CARD ?= quick
 bundle-mia: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
 	@test -f runs/mia-full/metrics.json || { echo "runs/mia-full is not finished: \`make mia-full\` resumes it (progress: logs/mia-full.log)"; exit 1; }
-	$(BIN)/advguard bundle --config configs/bundles/fmnist-mia.yaml --store model_store --card $(MIA_CARD)
+	$(BIN)/advguard bundle --config configs/bundles/fmnist-mia.yaml --store model_store --card $(MIA_CARD) \
+	  --card-jobs $(CARD_JOBS)
 
 serve: bundle
 	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)

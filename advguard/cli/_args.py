@@ -19,6 +19,17 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the shuffling")
 
 
+def process_count(text: str) -> int:
+    """--workers, --jobs: an integer >= 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (1: one process, as by default), got {count}")
+    return count
+
+
 def data_config(args: argparse.Namespace):
     """The `training.data.DataConfig` the data flags describe."""
     from training.data import DataConfig

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from advguard.cli._args import process_count
+
 HELP = "compose a defended bundle (primary, fallback, reference, detectors) with its robustness card"
 
 
@@ -34,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card-shards", default=None,
                    help="folder of the card's finished shards (default <store>/<name>/.card-<card>); a card "
                         "resumes from the shards there that measured the same models and config")
+    p.add_argument("--card-jobs", type=process_count, default=1,
+                   help="processes sharing the card's shards (default 1; up to one per free core)")
     p.add_argument("--torchserve", action="store_true", default=None, help="also write <name>.mar")
 
 
@@ -56,7 +60,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from training.export.compose import compose_bundle
 
-    path = compose_bundle(config_from_args(args), Path(args.store))
+    path = compose_bundle(config_from_args(args), Path(args.store), card_jobs=args.card_jobs)
     print(f"bundle written: {path}")
     from advguard.cli.card import print_card
 

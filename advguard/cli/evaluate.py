@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from advguard.cli._args import add_data_args
+from advguard.cli._args import add_data_args, process_count
 
 HELP = "robustness report: clean, per-attack and worst-case accuracy"
 DISTILL = "distill"  # built by `distill_suite`, which needs a temperature: not in SUITES
@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "detection rate, not a card)")
     p.add_argument("--work-dir", default=None,
                    help="card: folder for finished shards, so an interrupted card resumes (default OUT/shards)")
+    p.add_argument("--jobs", type=process_count, default=1,
+                   help="card: processes sharing the shards (default 1; up to one per free core; same card)")
     p.add_argument("--partial", action="store_true",
                    help="card: build the card from the shards already finished in --work-dir, evaluate nothing new")
     p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixels in [0, 1])")
@@ -67,7 +69,8 @@ def run_card(args: argparse.Namespace) -> int:
         config = replace(config, n=args.n)
     out = Path(args.out)
     card = evaluate_bundle(Path(args.bundle), splits.test.x, splits.test.y, config, profile=args.profile,
-                           work_dir=Path(args.work_dir) if args.work_dir else out / "shards", partial=args.partial)
+                           work_dir=Path(args.work_dir) if args.work_dir else out / "shards", partial=args.partial,
+                           jobs=args.jobs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "card.json").write_text(json.dumps(card, indent=2))
     table = card_table({**manifest, "robustness": card})

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from advguard.cli._args import process_count
+
 TOKEN_ENV = "ADVGUARD_AUTH_TOKEN"
 READY = "advguard ready "  # then the JSON above, one line
 
@@ -23,17 +25,6 @@ def parse_ready(line: str) -> dict:
     if not line.startswith(READY):
         raise ValueError(f"not an advguard ready line: {line!r}")
     return json.loads(line[len(READY):])
-
-
-def worker_count(text: str) -> int:
-    """--workers: an integer >= 1."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (1: one process, as by default), got {count}")
-    return count
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +47,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "about 3-4x less CPU per call; the unary methods of both APIs, bearer token, TLS, "
                         "metrics, hot reload, draining and --workers, but no streams or --http-port; needs "
                         "`apt-get install g++ pkg-config libgrpc++-dev` or `make native-tools`)")
-    p.add_argument("--workers", type=worker_count, default=1,
+    p.add_argument("--workers", type=process_count, default=1,
                    help="server processes sharing --port and --http-port (SO_REUSEPORT) with one /metrics "
                         "over all of them (default 1: this process serves; more than the cores: a warning)")
     g = p.add_argument_group("engine and batching")

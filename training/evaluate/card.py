@@ -175,15 +175,64 @@ def evaluate_shard(pipeline: Pipeline, twin: BundleTwin, x: torch.Tensor, y: tor
     return rows
 
 
+def _helper(path: str, x: torch.Tensor, y: torch.Tensor, config: CardConfig, split: str, work_dir: Path,
+            threads: int, started) -> None:
+    """A helper process of `evaluate_bundle(jobs=N)`: evaluates the shards no one has claimed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [card helper]: %(message)s")
+    torch.set_num_threads(threads)
+    evaluate_bundle(path, x, y, config, split=split, work_dir=work_dir, started=started)
+
+
+def start_helpers(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig, split: str,
+                  work_dir: Path, count: int, threads: int) -> list:
+    """`count` helper processes (spawned, daemonic: they end with this one) on the same shard folder;
+    returns once each has claimed its first shard (or found none left), so the shards split the
+    same way however long a helper takes to start."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    helpers = []
+    for i in range(count):
+        started = ctx.Event()
+        helper = ctx.Process(target=_helper, args=(str(path), x, y, config, split, work_dir, threads, started),
+                             daemon=True, name=f"card helper {i + 1}")
+        helper.start()
+        while not started.wait(1.0):
+            if not helper.is_alive():  # it failed to start: this process does its shards
+                log.warning("%s exited with code %s before it claimed a shard", helper.name, helper.exitcode)
+                break
+        helpers.append(helper)
+    return helpers
+
+
 def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig = CardConfig(),
                     profile: str = "custom", split: str = "test", work_dir: Path | None = None,
-                    partial: bool = False) -> dict:
+                    partial: bool = False, jobs: int = 1, started=None) -> dict:
     """The robustness card of the bundle at `path` on images `x` (N x C x H x W in [0, 1]), labels `y`.
 
     Images are evaluated in shards of `config.shard`; with `work_dir`, each finished shard is
     written there and a later call with the same bundle models and config skips it (a full card
     resumes where it stopped). `partial`: build the card from the shards already in `work_dir`
-    (at least one) instead of evaluating the missing ones; the card then says `complete: false`."""
+    (at least one) instead of evaluating the missing ones; the card then says `complete: false`.
+    `jobs` > 1 (with `work_dir`): that many processes share the shards (this one and jobs - 1
+    helpers, each with its share of the torch threads); the card is the same as with one.
+    `started` (an Event, for helpers): set once this process has claimed its first shard."""
+    if jobs > 1 and work_dir is not None and not partial and len(x[:config.n]) > config.shard:
+        threads = max(1, torch.get_num_threads() // jobs)
+        before = torch.get_num_threads()
+        helpers = start_helpers(path, x[:config.n], y[:config.n], config, split, Path(work_dir), jobs - 1, threads)
+        torch.set_num_threads(threads)
+        try:
+            card = evaluate_bundle(path, x, y, config, profile, split, work_dir)
+        except BaseException:
+            for helper in helpers:  # this process failed or was interrupted: its helpers end with it
+                helper.terminate()
+            raise
+        finally:
+            torch.set_num_threads(before)
+        for helper in helpers:  # every shard is written: they only build the same card, and end
+            helper.join()
+        return card
     began_all = time.perf_counter()
     bundle = load_bundle(path)
     pipeline = Pipeline.load(path)
@@ -220,9 +269,13 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
             if store is not None and not store.claim(k):
                 elsewhere.append(k)
                 continue
+            if started is not None:
+                started.set()
             done = evaluate(k)
         if done is not None:
             found[k] = done
+    if started is not None:
+        started.set()  # nothing left to claim
     for k in elsewhere:  # finished by the process that claimed it, or here if that process is gone
         log.info("card shard %d/%d: waiting for the process that claimed it", k + 1, len(starts))
         while (done := store.load(k)) is None:

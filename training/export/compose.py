@@ -142,8 +142,9 @@ def _export_run(run: Path, file: str, out: Path, input_shape: tuple, test_x) -> 
     return entry, twin
 
 
-def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> Path:
-    """Build, calibrate, card and publish one bundle version; returns its folder."""
+def compose_bundle(config: BundleConfig, store: Path = Path("model_store"), card_jobs: int = 1) -> Path:
+    """Build, calibrate, card and publish one bundle version; returns its folder. `card_jobs`:
+    processes sharing the card's shards (a property of the machine, not of the bundle)."""
     primary_config = read_json(config.primary / "config.json")
     data = DataConfig(**{k: v for k, v in primary_config.get("data", {}).items() if k in DataConfig.__dataclass_fields__})
     splits = load_splits(replace(data, limit_test=None))
@@ -203,7 +204,7 @@ def compose_bundle(config: BundleConfig, store: Path = Path("model_store")) -> P
         # finished shards live beside the bundle versions, so a rerun after an interruption resumes
         shards = config.card_shards or Path(store) / config.name / f".card-{config.card}"
         manifest["robustness"] = evaluate_bundle(out, splits.test.x, splits.test.y, card_config, profile=config.card,
-                                                 work_dir=shards)
+                                                 work_dir=shards, jobs=card_jobs)
         write_manifest(out, manifest)
     if config.torchserve:
         from training.export.torchserve import build_mar

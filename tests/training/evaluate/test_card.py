@@ -138,6 +138,14 @@ def test_an_interrupted_card_resumes_from_its_finished_shards(defended_bundle, f
     evaluate_bundle(defended_bundle, x, y, other, work_dir=tmp_path / "shards")
     assert evaluated == [40, 40]
 
+    evaluated.clear()  # two processes (jobs=2): the helper claims shard 0 before this one starts, which does shard 1
+    shared = evaluate_bundle(defended_bundle, x, y, config, work_dir=tmp_path / "jobs", jobs=2)
+    assert evaluated == [40] and len(list((tmp_path / "jobs").glob("shard-*.npz"))) == 2
+    assert not list((tmp_path / "jobs").glob("*.claim"))
+    for key in ("clean", "adaptive_worst_case_accuracy", "worst_case_accuracy", "n", "complete"):
+        assert shared[key] == whole[key], key
+    assert [r["served_accuracy"] for r in shared["attacks"]] == [r["served_accuracy"] for r in whole["attacks"]]
+
 
 def test_shard_claims_are_exclusive_and_a_dead_claimant_is_taken_over(tmp_path):
     import os
