@@ -155,7 +155,8 @@ kserve-schema: setup
 # Paper 002's MIA ensemble on all 55,000 training images, one thread (issue 16): starts MIA_RUN in
 # the background, or resumes it where it stopped (every stage is checkpointed); progress in
 # logs/$(notdir MIA_RUN).log; see runs/README-mia-full.txt. MIA_PROFILE=session-cpu (the default,
-# about 2.3 hours of one core here) or full-cpu (CW 200 x 5, 10 epochs per stage: about 6 hours):
+# about 2.3 hours of one core here) or full-cpu (CW 200 x 5, 10 epochs per stage: about 17 hours
+# of one core on this VM under load; `advguard train --defense mia ... --plan` prints the estimate):
 #   make mia-full MIA_RUN=runs/mia-full-cpu MIA_PROFILE=full-cpu
 .PHONY: mia-full
 MIA_PROFILE ?= session-cpu
