@@ -87,10 +87,9 @@ def test_a_client_certificate_from_the_ca_is_required(mtls_server, pki, clean_im
     assert classify(mtls_server.target, pki, "client", image).class_index == answer.class_index
 
 
+@pytest.mark.parametrize("mtls_server", ["grpc"], indirect=True)  # the native front end has no REST port
 def test_the_rest_port_requires_the_client_certificate_too(mtls_server, pki):
-    port = mtls_server.ready.get("http_port")
-    if port is None:
-        pytest.skip("the native front end has no REST port")
+    port = mtls_server.ready["http_port"]
     url = f"https://127.0.0.1:{port}/v2/health/live"
 
     def get(client: str | None) -> dict:
