@@ -48,3 +48,16 @@ def test_an_unregistered_attack_is_refused_with_the_choices(capsys, monkeypatch)
         main(["attack", "--attack", "pgdd", "--model", "x", "--out", "x.npz"])
     assert exit.value.code == 2
     assert "invalid choice: 'pgdd'" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(defended_bundle):
+    """`advguard card BUNDLE | head -1`: the reader leaves first; no traceback, exit code 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-m", "advguard.cli.main", "card", str(defended_bundle)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
