@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from serving.guard import Verdict
 from serving.pipeline import Pipeline
 from training.attacks import create_attack
 from training.evaluate.adaptive import VARIANTS, adaptive_pgd
+from training.evaluate.card_jobs import start_helpers
 from training.evaluate.card_shards import Served, ShardRow, ShardStore, shard_key
 from training.evaluate.twin import BundleTwin
 
@@ -173,36 +174,6 @@ def evaluate_shard(pipeline: Pipeline, twin: BundleTwin, x: torch.Tensor, y: tor
                                  restarts=config.adaptive_restarts, penalty=penalty)
                     for i in range(0, len(x), bs)]))
     return rows
-
-
-def _helper(path: str, x: torch.Tensor, y: torch.Tensor, config: CardConfig, split: str, work_dir: Path,
-            threads: int, started) -> None:
-    """A helper process of `evaluate_bundle(jobs=N)`: evaluates the shards no one has claimed."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [card helper]: %(message)s")
-    torch.set_num_threads(threads)
-    evaluate_bundle(path, x, y, config, split=split, work_dir=work_dir, started=started)
-
-
-def start_helpers(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig, split: str,
-                  work_dir: Path, count: int, threads: int) -> list:
-    """`count` helper processes (spawned, daemonic: they end with this one) on the same shard folder;
-    returns once each has claimed its first shard (or found none left), so the shards split the
-    same way however long a helper takes to start."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    helpers = []
-    for i in range(count):
-        started = ctx.Event()
-        helper = ctx.Process(target=_helper, args=(str(path), x, y, config, split, work_dir, threads, started),
-                             daemon=True, name=f"card helper {i + 1}")
-        helper.start()
-        while not started.wait(1.0):
-            if not helper.is_alive():  # it failed to start: this process does its shards
-                log.warning("%s exited with code %s before it claimed a shard", helper.name, helper.exitcode)
-                break
-        helpers.append(helper)
-    return helpers
 
 
 def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: CardConfig = CardConfig(),
