@@ -20,9 +20,8 @@ from serving.guard import (
     CalibratedDetector, DetectorOutcome, GuardResult, Outputs, Policy, Verdict, View,
     required_views, run_guard,
 )
+from serving.guard.policy import ADVERSARIAL
 from serving.runtime.offload import drive
-
-ADVERSARIAL = int(Verdict.ADVERSARIAL)  # compared per batch: a plain int, not an IntEnum member
 
 
 def model_outputs(model: OnnxModel, x: np.ndarray, views: dict[str, View],

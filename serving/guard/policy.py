@@ -29,7 +29,8 @@ class Verdict(IntEnum):
     ADVERSARIAL = 3
 
 
-_CLEAN, _SUSPICIOUS, _ADVERSARIAL = int(Verdict.CLEAN), int(Verdict.SUSPICIOUS), int(Verdict.ADVERSARIAL)
+# the values as plain ints, for the per-batch array work (an IntEnum member costs a lookup per use)
+CLEAN, SUSPICIOUS, ADVERSARIAL = int(Verdict.CLEAN), int(Verdict.SUSPICIOUS), int(Verdict.ADVERSARIAL)
 
 # the one verdict-name table: metrics labels use the lower-case name, answers the upper-case one
 VERDICT_NAMES = tuple(v.name.lower() for v in Verdict)
@@ -126,28 +127,24 @@ def run_guard(detectors: list[CalibratedDetector], policy: Policy, x: np.ndarray
               outputs: Outputs) -> GuardResult:
     """Score a batch with every detector and apply the policy.
 
-    Served once per batch on the request path, so it keeps to a few whole-array operations
-    (the verdict values as plain ints: an IntEnum member costs a lookup per use)."""
+    Served once per batch on the request path, so it keeps to a few whole-array operations."""
     n = len(x)
     if not detectors:
-        return GuardResult(np.full(n, _CLEAN, dtype=np.int32), np.zeros(n, dtype=np.float32))
+        return GuardResult(np.full(n, CLEAN, dtype=np.int32), np.zeros(n, dtype=np.float32))
     outcomes = []
-    votes = attack = None
+    votes = np.zeros(n, dtype=np.int32)
+    attack = np.full(n, -np.inf, dtype=np.float32)  # the max over detectors of score / threshold
     for cal in detectors:
         scores = np.asarray(cal.detector.score(x, outputs), dtype=np.float32)
         flagged = scores > cal.threshold
         outcomes.append(DetectorOutcome(cal.detector.name, scores, cal.threshold, flagged, cal.target_fpr))
-        ratio = scores / max(cal.threshold, 1e-12)
-        if votes is None:
-            votes, attack = flagged.astype(np.int32), ratio
-        else:
-            votes += flagged
-            np.maximum(attack, ratio, out=attack)
+        votes += flagged
+        np.maximum(attack, scores / max(cal.threshold, 1e-12), out=attack)
     needed = 1 if policy.combine == "any" else len(detectors) // 2 + 1
-    verdicts = np.where(votes >= needed, _ADVERSARIAL, _CLEAN).astype(np.int32, copy=False)
+    verdicts = np.where(votes >= needed, ADVERSARIAL, CLEAN).astype(np.int32, copy=False)
     if needed > 1:
-        verdicts[(votes > 0) & (votes < needed)] = _SUSPICIOUS
-    return GuardResult(verdicts, attack.astype(np.float32, copy=False), outcomes)
+        verdicts[(votes > 0) & (votes < needed)] = SUSPICIOUS
+    return GuardResult(verdicts, attack, outcomes)
 
 
 def threshold_for_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:

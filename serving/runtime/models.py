@@ -60,14 +60,9 @@ def verdict_counter(metrics: Metrics, name: str) -> Callable[[PipelineResult], N
             return
         every = n_guarded == n
         verdicts = result.guard.verdicts if every else result.guard.verdicts[result.guarded]
-        if n_guarded == 1:
-            value = int(verdicts[0])
-            if value:
-                by_value[value].inc()
-        else:
-            for value, k in enumerate(np.bincount(verdicts, minlength=len(Verdict)).tolist()):
-                if k and value:
-                    by_value[value].inc(k)
+        for value, k in enumerate(np.bincount(verdicts, minlength=len(Verdict)).tolist()):
+            if k and value:
+                by_value[value].inc(k)
         for outcome in result.guard.outcomes:
             flagged = int(np.count_nonzero(outcome.flagged if every else outcome.flagged[result.guarded]))
             if flagged:

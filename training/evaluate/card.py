@@ -188,7 +188,7 @@ def evaluate_bundle(path: Path | str, x: torch.Tensor, y: torch.Tensor, config: 
     `jobs` > 1 (with `work_dir`): that many processes share the shards (this one and jobs - 1
     helpers, each with its share of the torch threads); the card is the same as with one.
     `started` (an Event, for helpers): set once this process has claimed its first shard."""
-    if jobs > 1 and work_dir is not None and not partial and len(x[:config.n]) > config.shard:
+    if jobs > 1 and work_dir is not None and not partial and min(len(x), config.n) > config.shard:
         threads = max(1, torch.get_num_threads() // jobs)
         before = torch.get_num_threads()
         helpers = start_helpers(path, x[:config.n], y[:config.n], config, split, Path(work_dir), jobs - 1, threads)
