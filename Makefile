@@ -154,13 +154,17 @@ kserve-schema: setup
 
 # Paper 002's MIA ensemble on all 55,000 training images, one thread (issue 16): starts MIA_RUN in
 # the background, or resumes it where it stopped (every stage is checkpointed); progress in
-# logs/$(notdir MIA_RUN).log; see runs/README-mia-full.txt. MIA_PROFILE=session-cpu (the default,
-# about 2.3 hours of one core here) or full-cpu (CW 200 x 5, 10 epochs per stage: about 17 hours
-# of one core on this VM under load; `advguard train --defense mia ... --plan` prints the estimate):
+# logs/$(notdir MIA_RUN).log. MIA_PROFILE=session-cpu (the default, about 2.3 hours of one core
+# here) or full-cpu (CW 200 x 5, 10 epochs per stage: about 17 hours of one core on this VM under
+# load; `advguard train --defense mia ... --plan` prints the estimate):
 #   make mia-full MIA_RUN=runs/mia-full-cpu MIA_PROFILE=full-cpu
+# MIA_HELPERS processes (default: one per core beyond the first) make the adversarial pool's shards
+# beside the training (python -m training.defenses.mia.helper; logs/NAME-helper-I.log) and exit
+# once the pool is complete; the EAT and member stages run in the training process alone.
 .PHONY: mia-full
 MIA_PROFILE ?= session-cpu
 MIA_RUN ?= runs/mia-full
+MIA_HELPERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) - 1 )))
 mia-full:
 	@mkdir -p logs $(MIA_RUN)
 	@pid=$$(cat $(MIA_RUN)/pid 2>/dev/null); \
@@ -169,6 +173,13 @@ mia-full:
 	else OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m advguard.cli.main train --defense mia --model mia-target \
 	  --epochs 5 --option profile=$(MIA_PROFILE) --out $(MIA_RUN) --resume >> logs/$(notdir $(MIA_RUN)).log 2>&1 < /dev/null & \
 	  echo $$! > $(MIA_RUN)/pid; echo "$(MIA_RUN) started or resumed in the background, pid $$! (log: logs/$(notdir $(MIA_RUN)).log)"; fi
+	@test -f $(MIA_RUN)/adversarial.pt || for i in $$(seq 1 $(MIA_HELPERS)); do \
+	  pid=$$(cat $(MIA_RUN)/helper-$$i.pid 2>/dev/null); \
+	  if [ -n "$$pid" ] && grep -q -- "$(MIA_RUN)" /proc/$$pid/cmdline 2>/dev/null; then continue; fi; \
+	  OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m training.defenses.mia.helper --run $(MIA_RUN) \
+	    >> logs/$(notdir $(MIA_RUN))-helper-$$i.log 2>&1 < /dev/null & \
+	  echo $$! > $(MIA_RUN)/helper-$$i.pid; \
+	  echo "pool helper $$i, pid $$! (log: logs/$(notdir $(MIA_RUN))-helper-$$i.log)"; done
 
 # The peer benchmark's servers (bench/peers.py, issue 20): MLServer and KServe's ModelServer, each
 # in its own venv under build/peers/ (never the project's venv), from bench/peers/*-requirements.txt.

@@ -13,7 +13,8 @@
 Writes eval.json and eval.md (the tables) into --out. The unseen attacks' images are kept in
 shards under --out/unseen/ (1,000 images each), so a stopped evaluation resumes where it stopped;
 a different --unseen or --n asks for a fresh --out instead of mixing shards. `--craft-only`
-processes beside it (same arguments) share the shards, one per free core.
+processes beside it (same arguments) share the shards, one per free core; with `--n` they can
+start as soon as the run's source model exists, before its pool and ensemble.
 """
 from __future__ import annotations
 
@@ -93,23 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else run / "eval"
     config = read_json(run / "config.json")
-    ensemble, _ = load_model(run)
     source_run = config.get("defense_config", {}).get("source_run") or run / "source"
     source, _ = load_model(source_run)
-    seen = AdversarialSet.from_state(torch.load(run / "adversarial.pt", weights_only=True)["test"])
-    n_test = int(seen.source_index.max()) + 1 if len(seen) else 0
+    pool = run / "adversarial.pt"
+    if pool.exists():
+        seen = AdversarialSet.from_state(torch.load(pool, weights_only=True)["test"])
+        n_test = int(seen.source_index.max()) + 1 if len(seen) else 0
+    elif args.craft_only and args.n:  # the unseen attacks need only the source model: craft them early
+        seen, n_test = None, 0
+    else:
+        raise SystemExit(f"{pool} is missing: the run has not finished its adversarial pool (`make mia-full` "
+                         "resumes it); `--craft-only --n N` makes the unseen attacks' shards before that")
     n = args.n or n_test
     data = config.get("data", {})
     splits = load_splits(DataConfig(name=data.get("name", "fashion-mnist"), data_dir=data.get("data_dir"),
                                     seed=data.get("seed", 0), val_size=100, limit_train=100,
                                     limit_test=max(n, n_test)))
     clean = splits.test.take(n)
-    seen = seen.select(seen.source_index < n)
     unseen = craft_per_attack(source, clean, parse_attacks(args.unseen), seed=11,
                               folder=unseen_folder(out / "unseen", args.unseen, n))
     if args.craft_only:
         log.info("unseen attacks' shards made in %s", out / "unseen")
         return 0
+    ensemble, _ = load_model(run)
+    seen = seen.select(seen.source_index < n)
     report = detection_report(ensemble, clean, _merge(seen, unseen), len(splits.labels))
     for name in unseen.names:
         report["attacks"][name]["unseen"] = True
