@@ -181,3 +181,23 @@ def native_server(store: Path, log: Path, *args: str):
 def tensor_image(x: np.ndarray) -> guard_pb2.Image:
     """A uint8 image as our API's tensor input."""
     return guard_pb2.Image(tensor=guard_pb2.Tensor(shape=list(x.shape), dtype=guard_pb2.DTYPE_UINT8, data=x.tobytes()))
+
+
+@pytest.fixture(scope="session")
+def carded_bundle(trained_run, robust_run, tmp_path_factory) -> Path:
+    """`make serve`'s bundle config (configs/bundles/fmnist-guarded.yaml, which asks for the quick
+    card) composed by `advguard bundle`'s code from the test runs, its card's rows at a tiny
+    budget (40 images, a few steps each) so that it builds in seconds: a real card, small."""
+    from dataclasses import replace
+
+    from training.evaluate import card
+    from training.export.compose import BundleConfig, compose_bundle
+
+    config = BundleConfig.from_yaml(REPO / "configs/bundles/fmnist-guarded.yaml")
+    assert config.card == "quick" and config.card_shards is None, "make serve's bundle is meant to carry its card"
+    config = replace(config, primary=trained_run, fallback=robust_run, reference=robust_run)
+    tiny = card.CardConfig(n=40, sweep=(), pgd_steps=5, restarts=1, cw_steps=5, cw_binary_steps=1,
+                           square_queries=50, adaptive_steps=5, adaptive_restarts=1, penalties=(10.0,), batch_size=40)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(card.PROFILES, "quick", tiny)
+        return compose_bundle(config, tmp_path_factory.mktemp("carded-store"))

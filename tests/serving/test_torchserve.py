@@ -76,9 +76,10 @@ def run_torchserve(work: Path, mars: dict[str, Path], disclosure: str = "full"):
 
 
 @pytest.fixture(scope="module")
-def torchserve(trained_run, serving_store, tmp_path_factory):
-    """TorchServe serving `tsmodel` (a guarded export) and `fmnist-reject` (serving_store's
-    bundle whose guard rejects every image): {"url", "management", "keys", "bundle", "reject_url"}."""
+def torchserve(trained_run, serving_store, carded_bundle, tmp_path_factory):
+    """TorchServe serving `tsmodel` (a guarded export), `fmnist-reject` (serving_store's bundle
+    whose guard rejects every image) and `fmnist-guarded` (a composed bundle with its card):
+    {"url", "management", "keys", "bundle", "reject_url"}."""
     from training.export import export_bundle
     from training.export.calibrate import GuardSpec
     from training.export.torchserve import build_mar
@@ -91,7 +92,9 @@ def torchserve(trained_run, serving_store, tmp_path_factory):
     mars.mkdir()
     shutil.copy(bundle / "tsmodel.mar", mars / "tsmodel.mar")
     reject = build_mar(serving_store / "fmnist-reject" / "1", mars)
-    with run_torchserve(work, {"tsmodel": mars / "tsmodel.mar", "fmnist-reject": reject}) as ts:
+    shutil.copy(carded_bundle / "fmnist-guarded.mar", mars / "fmnist-guarded.mar")
+    with run_torchserve(work, {"tsmodel": mars / "tsmodel.mar", "fmnist-reject": reject,
+                               "fmnist-guarded": mars / "fmnist-guarded.mar"}) as ts:
         yield {**ts, "url": ts["url"]["tsmodel"], "reject_url": ts["url"]["fmnist-reject"], "bundle": bundle}
 
 
@@ -145,7 +148,16 @@ def test_describe_shows_the_bundle_and_its_card(torchserve):
     assert custom["model"] == "tsmodel"
     assert {f["role"] for f in custom["files"]} == {"primary"}
     assert custom["guard"]["detectors"] == ["feature-squeezing", "low-confidence"]
-    assert "robustness" in custom
+    assert custom["robustness"] == {}  # an export without a card says so
+
+
+def test_describe_shows_a_composed_bundles_card(torchserve, carded_bundle):
+    described = json.loads(get(f"{torchserve['management']}/models/fmnist-guarded?customized=true",
+                               torchserve["keys"]["management"]))
+    custom = described[0]["customizedMetadata"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    card = json.loads((carded_bundle / "manifest.json").read_text())["robustness"]
+    assert card["attacks"] and custom["robustness"] == card
 
 
 def test_a_rejected_image_is_withheld_alike_by_every_front_end(torchserve, server, fmnist_small):
