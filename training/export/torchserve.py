@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from serving.bundle import MANIFEST, load_bundle
+from training.evaluate.twin import TWINS
 
 log = logging.getLogger(__name__)
-TWINS = "twins"  # a composed bundle's PyTorch twins (training.export.compose), listed in its manifest
 HANDLER = Path(__file__).resolve().parents[2] / "serving" / "torchserve_handler.py"
 
 

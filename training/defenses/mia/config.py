@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from training.data import Splits
 from training.defenses.base import DefenseConfig
 from training.defenses.mia.data import AttackSpec, adversarial_count, parse_attacks
 from training.defenses.mia.ensemble import TIE_BREAKS
@@ -133,6 +134,12 @@ class MIAConfig(DefenseConfig):
             raise ValueError(f"{', '.join(negative)} must be >= 0")
         if self.shard_size < 1 or self.attack_batch < 1:
             raise ValueError(f"shard_size and attack_batch must be >= 1, got {self.shard_size}, {self.attack_batch}")
+
+    def used_splits(self, splits: Splits) -> Splits:
+        """`splits` with the validation images this config uses (val_size; 0: all)."""
+        if not self.val_size:
+            return splits
+        return Splits(splits.train, splits.val.take(self.val_size), splits.test, splits.labels, splits.name)
 
     def budget(self) -> Budget:
         """The profile's budget with this config's non-zero overrides."""

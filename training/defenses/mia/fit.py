@@ -116,8 +116,7 @@ class MIADefense(Defense):
     def fit(self, model_name: str, splits: Splits, train: TrainConfig, out_dir: Path,
             run_config: dict | None = None, resume: bool = False) -> dict:
         cfg, out, began = self.config, Path(out_dir), time.perf_counter()
-        if cfg.val_size:
-            splits = Splits(splits.train, splits.val.take(cfg.val_size), splits.test, splits.labels, splits.name)
+        splits = cfg.used_splits(splits)
         out.mkdir(parents=True, exist_ok=True)
         budget = cfg.budget()
         record = {**(run_config or {}), **self.describe(), "profile": cfg.profile, "budget": asdict(budget),

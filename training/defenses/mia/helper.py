@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from training.checkpoint import load_model, read_json
-from training.data import DataConfig, Splits, load_splits
+from training.data import DataConfig, load_splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.pool import POOL_FILE, SHARD_DIR, adversarial_sets
 
@@ -54,19 +54,12 @@ def wait_for(paths: list[Path], timeout: float) -> None:
 
 
 def help_run(run: Path, timeout: float = 24 * 3600.0) -> None:
-    """Wait for the training to define the pool, make the shards nobody holds, return when the
-    pool is complete."""
-    wait_for([run / "config.json"], timeout)  # a helper may start a moment before the training
+    """Wait for the training to define the pool (it writes pool.json after config.json and the
+    source model), make the shards nobody holds, return when the pool is complete."""
+    wait_for([run / SHARD_DIR / POOL_FILE], timeout)
     cfg, data, seed = run_config(run)
-    source_dir = Path(cfg.source_run) if cfg.source_run else run / "source"
-    needed = [source_dir / "model.pt", source_dir / "metrics.json", run / SHARD_DIR / POOL_FILE]
-    log.info("waiting for %s", ", ".join(str(p) for p in needed))
-    wait_for(needed, timeout)
-    splits = load_splits(data)
-    if cfg.val_size:
-        splits = Splits(splits.train, splits.val.take(cfg.val_size), splits.test, splits.labels, splits.name)
-    source, _ = load_model(source_dir)
-    sets = adversarial_sets(cfg, run, source.eval(), splits, resume=True, seed=seed)
+    source, _ = load_model(Path(cfg.source_run) if cfg.source_run else run / "source")
+    sets = adversarial_sets(cfg, run, source.eval(), cfg.used_splits(load_splits(data)), resume=True, seed=seed)
     log.info("pool complete: train %d, val %d, test %d", *(len(sets[k]) for k in ("train", "val", "test")))
 
 

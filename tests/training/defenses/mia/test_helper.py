@@ -39,5 +39,5 @@ def test_a_helper_makes_the_pool_the_run_would_and_the_run_goes_on_from_it(mia_s
 def test_the_helper_names_what_is_missing(tmp_path):
     from training.defenses.mia.helper import help_run
 
-    with pytest.raises(TimeoutError, match=r"nothing/config.json did not appear .* start the training"):
+    with pytest.raises(TimeoutError, match=r"nothing/adversarial/pool.json did not appear .* start the training"):
         help_run(tmp_path / "nothing", timeout=0)
