@@ -155,31 +155,40 @@ kserve-schema: setup
 # Paper 002's MIA ensemble on all 55,000 training images, one thread (issue 16): starts MIA_RUN in
 # the background, or resumes it where it stopped (every stage is checkpointed); progress in
 # logs/$(notdir MIA_RUN).log. MIA_PROFILE=session-cpu (the default, about 2.3 hours of one core
-# here) or full-cpu (CW 200 x 5, 10 epochs per stage: about 17 hours of one core on this VM under
-# load; `advguard train --defense mia ... --plan` prints the estimate):
+# here) or full-cpu (CW 200 x 5, 10 epochs per stage: more than a session of this VM's two cores;
+# `advguard train --defense mia ... --plan` prints the estimate):
 #   make mia-full MIA_RUN=runs/mia-full-cpu MIA_PROFILE=full-cpu
-# MIA_HELPERS processes (default: one per core beyond the first) make the adversarial pool's shards
-# beside the training (python -m training.defenses.mia.helper; logs/NAME-helper-I.log) and exit
-# once the pool is complete; the EAT and member stages run in the training process alone.
-.PHONY: mia-full
+# MIA_HELPERS processes (default: one per core beyond the first) work beside the training
+# (python -m training.defenses.mia.helper; logs/NAME-helper-I.log): they make the adversarial
+# pool's shards nobody holds, then train the EAT chains (EAT cycles + members of one architecture)
+# nobody holds, from the last; the training process trains the others and builds the ensemble.
+# A run outlives a session through MIA_KEEP (committed): `make mia-keep` copies its finished
+# stages there (python -m training.keep; the pool is left out and remade against the kept source
+# model) and `make mia-full` restores them into a fresh checkout's MIA_RUN before resuming.
+.PHONY: mia-full mia-keep
 MIA_PROFILE ?= session-cpu
 MIA_RUN ?= runs/mia-full
+MIA_KEEP ?= kept/$(notdir $(MIA_RUN))
 MIA_HELPERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) - 1 )))
-mia-full:
+mia-full: setup
 	@mkdir -p logs $(MIA_RUN)
 	@pid=$$(cat $(MIA_RUN)/pid 2>/dev/null); \
 	if [ -n "$$pid" ] && grep -q -- "$(MIA_RUN)" /proc/$$pid/cmdline 2>/dev/null; then \
 	  echo "$(MIA_RUN) is already running, pid $$pid (log: logs/$(notdir $(MIA_RUN)).log)"; \
-	else OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m advguard.cli.main train --defense mia --model mia-target \
+	else if [ -d $(MIA_KEEP) ]; then $(BIN)/python -m training.keep restore $(MIA_KEEP) $(MIA_RUN) | head -1; fi; \
+	  OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m advguard.cli.main train --defense mia --model mia-target \
 	  --epochs 5 --option profile=$(MIA_PROFILE) --out $(MIA_RUN) --resume >> logs/$(notdir $(MIA_RUN)).log 2>&1 < /dev/null & \
 	  echo $$! > $(MIA_RUN)/pid; echo "$(MIA_RUN) started or resumed in the background, pid $$! (log: logs/$(notdir $(MIA_RUN)).log)"; fi
-	@test -f $(MIA_RUN)/adversarial.pt || for i in $$(seq 1 $(MIA_HELPERS)); do \
+	@test -f $(MIA_RUN)/metrics.json || for i in $$(seq 1 $(MIA_HELPERS)); do \
 	  pid=$$(cat $(MIA_RUN)/helper-$$i.pid 2>/dev/null); \
 	  if [ -n "$$pid" ] && grep -q -- "$(MIA_RUN)" /proc/$$pid/cmdline 2>/dev/null; then continue; fi; \
 	  OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m training.defenses.mia.helper --run $(MIA_RUN) \
 	    >> logs/$(notdir $(MIA_RUN))-helper-$$i.log 2>&1 < /dev/null & \
 	  echo $$! > $(MIA_RUN)/helper-$$i.pid; \
-	  echo "pool helper $$i, pid $$! (log: logs/$(notdir $(MIA_RUN))-helper-$$i.log)"; done
+	  echo "helper $$i, pid $$! (log: logs/$(notdir $(MIA_RUN))-helper-$$i.log)"; done
+
+mia-keep: setup
+	$(BIN)/python -m training.keep save $(MIA_RUN) $(MIA_KEEP)
 
 # The peer benchmark's servers (bench/peers.py, issue 20): MLServer and KServe's ModelServer, each
 # in its own venv under build/peers/ (never the project's venv), from bench/peers/*-requirements.txt.

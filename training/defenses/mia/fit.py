@@ -24,88 +24,26 @@ Stages 1, 3 and 4 resume from the trainer's last.pt (one per epoch); every stage
 from __future__ import annotations
 
 import logging
-import sys
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from training.checkpoint import LAST_FILE, MODEL_FILE, load_model, read_json, save_model, write_json
-from training.data import Split, Splits
+from training.checkpoint import MODEL_FILE, load_model, save_model, write_json
+from training.data import Splits
 from training.defenses.base import Defense
 from training.defenses.mia.config import MIAConfig
-from training.defenses.mia.data import adversarial_count, augmented, bootstrap_indices
+from training.defenses.mia.data import adversarial_count
 from training.defenses.mia.ensemble import MIAEnsemble
 from training.defenses.mia.metrics import detection_report, detection_table, eat_table
 from training.defenses.mia.pool import adversarial_sets
+from training.defenses.mia.stages import Chains, StageBar, stage_work, trained
 from training.models import ModelSpec, create_model, model_spec_for
-from training.trainer import TrainConfig, fit
+from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-def stage_done(out: Path) -> bool:
-    return (Path(out) / MODEL_FILE).exists() and (Path(out) / "metrics.json").exists()
-
-
-def _trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig,
-             resume: bool, record: dict) -> dict:
-    """trainer.fit, or (on resume) the finished stage's weights and metrics."""
-    if resume and stage_done(out):
-        try:
-            metrics = read_json(out / "metrics.json")
-            model.load_state_dict(torch.load(out / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"])
-            return metrics
-        except ValueError:  # metrics.json cut short by a stop: finish the stage from last.pt
-            log.warning("%s: unreadable metrics.json, finishing the stage from %s", out, LAST_FILE)
-    last = out / LAST_FILE
-    if resume and last.exists():
-        try:
-            torch.load(last, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError) as err:  # written by the trainer in place: a stop mid-write
-            log.warning("%s is unreadable (%s): the stage restarts from its first epoch", last, err)
-            last.unlink()
-    return fit(model, spec, splits, config, out, run_config=record, resume=resume)
-
-
-def stage_paths(cfg: MIAConfig) -> dict[str, list[str]]:
-    """The training stages' folders, in order: source, eat cycles, members."""
-    eat = [f"eat/{arch}/share-{round(100 * share):02d}" for arch in dict.fromkeys(cfg.members) for share in cfg.shares]
-    members = [f"members/{i}-{cfg.members[i % len(cfg.members)]}" for i in range(cfg.n_bootstraps)]
-    return {"source": [] if cfg.source_run else ["source"], "eat": eat, "members": members}
-
-
-def stage_work(cfg: MIAConfig, n_train: int, default_epochs: int, model_name: str) -> dict[str, tuple[str, int, int]]:
-    """Each training stage's folder -> (architecture, training images, epochs)."""
-    paths, chosen = stage_paths(cfg), n_train + adversarial_count(n_train, cfg.share)
-    work = {p: (model_name, n_train, cfg.epochs("source", default_epochs)) for p in paths["source"]}
-    for p, (arch, share) in zip(paths["eat"], [(a, s) for a in dict.fromkeys(cfg.members) for s in cfg.shares]):
-        work[p] = (arch, n_train + adversarial_count(n_train, share), cfg.epochs("eat", default_epochs))
-    for i, p in enumerate(paths["members"]):
-        work[p] = (cfg.members[i % len(cfg.members)], max(1, int(round(cfg.bootstrap_fraction * chosen))),
-                   cfg.epochs("member", default_epochs))
-    return work
-
-
-class _StageBar:
-    """One progress bar over the EAT and member stages, in image-epochs (ETA from finished ones)."""
-
-    def __init__(self, out: Path, work: dict[str, tuple[str, int, int]], resume: bool) -> None:
-        self.size = {p: n * e for p, (_, n, e) in work.items() if p != "source"}
-        self.counted = {p for p in self.size if resume and stage_done(out / p)}
-        self.bar = tqdm(total=sum(self.size.values()), initial=sum(self.size[p] for p in self.counted),
-                        desc="mia training stages", unit="img-epoch", unit_scale=True, dynamic_ncols=True,
-                        mininterval=1.0 if sys.stderr.isatty() else 60.0)
-
-    def done(self, path: str) -> None:
-        if path not in self.counted:
-            self.counted.add(path)
-            self.bar.update(self.size[path])
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class MIADefense(Defense):
@@ -125,77 +63,41 @@ class MIADefense(Defense):
         k = len(splits.labels)
         log.info("MIA profile %s: %s; attacks %s", cfg.profile, budget, record["attack_specs"])
 
-        def epochs(stage: str) -> TrainConfig:
-            return replace(train, epochs=cfg.epochs(stage, train.epochs))
-
+        if not resume:  # chains are claimed and loaded by folder: none may be left from another run
+            for stale in ("eat", "members"):
+                shutil.rmtree(out / stale, ignore_errors=True)
         if cfg.source_run:
             source, _ = load_model(cfg.source_run)
         else:
             spec = model_spec_for(model_name, splits)
             torch.manual_seed(train.seed)
             source = create_model(spec)
-            _trained(out / "source", source, spec, splits, epochs("source"), resume, record)
+            trained(out / "source", source, spec, splits, replace(train, epochs=cfg.epochs("source", train.epochs)),
+                    resume, record)
         source.eval()
 
         adv = adversarial_sets(cfg, out, source, splits, resume, train.seed)
-        test_clean = splits.test.take(cfg.eval_size) if cfg.eval_size else splits.test
-        labels = (*splits.labels, "adversarial")
-        val_by_share: dict[float, Split] = {}
-        test = Split(torch.cat([test_clean.x, adv["test"].x]),
-                     torch.cat([test_clean.y, torch.full((len(adv["test"]),), k)]))
-
-        def augmented_splits(share: float, train_split: Split) -> Splits:
-            if share not in val_by_share:
-                val_by_share[share] = augmented(splits.val, adv["val"], share, k, cfg.only_fooled)
-            return Splits(train_split, val_by_share[share], test, labels, splits.name)
-
-        paths = stage_paths(cfg)
-        bar = _StageBar(out, stage_work(cfg, len(splits.train), train.epochs, model_name), resume)
-        eat_rows, eat_models = [], {}
-        for arch in dict.fromkeys(cfg.members):
-            spec = model_spec_for(arch, splits, num_classes=k + 1)
-            torch.manual_seed(train.seed)
-            model = create_model(spec)
-            for cycle, share in enumerate(cfg.shares, 1):
-                aug = augmented(splits.train, adv["train"], share, k, cfg.only_fooled)
-                stage = f"eat/{arch}/share-{round(100 * share):02d}"
-                _trained(out / stage, model, spec, augmented_splits(share, aug), epochs("eat"), resume, record)
-                bar.done(stage)
-                del aug
-                report = detection_report(model, test_clean, adv["test"], k)
-                eat_rows.append({"model": arch, "cycle": cycle, "share": share, "report": report})
-                if share == cfg.share:
-                    eat_models[arch] = {n: t.clone() for n, t in model.state_dict().items()}
+        bar = StageBar(out, stage_work(cfg, len(splits.train), train.epochs, model_name), resume)
+        stages = Chains(cfg, out, splits, adv, train, record, bar)
+        chains = stages.all(resume)
+        eat_rows = [row for chain in chains.values() for row in chain.eat_rows]
         (out / "eat_table.md").write_text(eat_table(eat_rows, adv["test"].names) + "\n")
-
-        chosen = augmented(splits.train, adv["train"], cfg.share, k, cfg.only_fooled)
-        members, member_specs, member_metrics = [], [], []
-        samples = bootstrap_indices(len(chosen), cfg.n_bootstraps, train.seed, cfg.bootstrap_fraction)
-        for i, (idx, folder) in enumerate(zip(samples, paths["members"])):
-            arch = cfg.members[i % len(cfg.members)]
-            spec = model_spec_for(arch, splits, num_classes=k + 1)
-            torch.manual_seed(train.seed + 1 + i)
-            model = create_model(spec)
-            if cfg.init_from_eat:
-                model.load_state_dict(eat_models[arch])
-            member_metrics.append(_trained(out / folder, model, spec,
-                                           augmented_splits(cfg.share, Split(chosen.x[idx], chosen.y[idx])),
-                                           epochs("member"), resume, record))
-            bar.done(folder)
-            members.append(model.eval())
-            member_specs.append(spec.to_dict())
-
+        done = {i: member for chain in chains.values() for i, member in chain.members.items()}
+        members = [done[i][0] for i in range(cfg.n_bootstraps)]
+        member_metrics = [done[i][1] for i in range(cfg.n_bootstraps)]
+        member_specs = [model_spec_for(cfg.members[i % len(cfg.members)], splits, num_classes=k + 1).to_dict()
+                        for i in range(cfg.n_bootstraps)]
         bar.close()
         ensemble = MIAEnsemble(members, cfg.tie_break).eval()
         base = model_spec_for(cfg.members[0], splits, num_classes=k + 1)
         spec = ModelSpec(name="mia-ensemble", num_classes=k + 1, in_channels=base.in_channels,
                          image_size=base.image_size, mean=base.mean, std=base.std,
                          options={"members": member_specs, "tie_break": cfg.tie_break})
-        report = detection_report(ensemble, test_clean, adv["test"], k)
+        report = detection_report(ensemble, stages.test_clean, adv["test"], k)
         (out / "detection.md").write_text(f"profile {cfg.profile}: {', '.join(record['attack_specs'])}\n\n"
                                           + detection_table(report) + "\n")
-        metrics = {"test_accuracy": report["clean_accuracy"], "test_size": len(test_clean),
-                   "train_size": len(chosen), "wall_seconds": round(time.perf_counter() - began, 2),
+        metrics = {"test_accuracy": report["clean_accuracy"], "test_size": len(stages.test_clean),
+                   "train_size": len(splits.train) + adversarial_count(len(splits.train), cfg.share), "wall_seconds": round(time.perf_counter() - began, 2),
                    "profile": cfg.profile, "budget": asdict(budget), "attack_specs": record["attack_specs"],
                    "detection": report, "eat_cycles": eat_rows,
                    "members": [{"val_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy")}

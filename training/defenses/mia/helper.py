@@ -1,16 +1,19 @@
-"""A helper process for a `mia` training run: it makes the run's adversarial shards beside it.
+"""A helper process for a `mia` training run: it makes the run's adversarial shards and trains
+its EAT chains beside it.
 
     OMP_NUM_THREADS=1 python -m training.defenses.mia.helper --run runs/mia-full-cpu
 
-The adversarial pool (stage 2) is most of a run's cost and is cut into shards that processes
-claim one at a time (`training.defenses.mia.craft`). A helper reads the run's config.json
-(written by `advguard train --defense mia` as it starts), loads the same data and the finished
-source model, waits for the training process to define the pool (adversarial/pool.json), then
-makes the shards nobody holds: the train and val pools and the test sets, in the training
-process's order, with the same seeds, so the pool is the one a lone process would make. The
-training process waits for shards a helper holds and goes on to the EAT stages once all exist.
-A helper never writes pool.json: a run whose pool differs from its config stops it with the
-difference named. It exits when the pool is complete; start one per free core.
+The adversarial pool (stage 2) is cut into shards that processes claim one at a time
+(`training.defenses.mia.craft`). A helper reads the run's config.json (written by `advguard
+train --defense mia` as it starts), loads the same data and the finished source model, waits for
+the training process to define the pool (adversarial/pool.json), then makes the shards nobody
+holds: the train and val pools and the test sets, in the training process's order, with the
+same seeds, so the pool is the one a lone process would make. Once the pool is complete it
+claims the chains of EAT cycles and members (one per member architecture,
+`training.defenses.mia.stages`) that nobody holds, from the last, and trains them with the
+run's seeds and epochs; the training process trains the others, loads the helper's and builds
+the ensemble. A helper never writes pool.json: a run whose pool differs from its config stops it
+with the difference named. It exits when no chain is left to claim; start one per free core.
 """
 from __future__ import annotations
 
@@ -24,13 +27,16 @@ from training.checkpoint import load_model, read_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.pool import POOL_FILE, SHARD_DIR, adversarial_sets
+from training.defenses.mia.stages import Chains
+from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 10.0
 
 
-def run_config(run: Path) -> tuple[MIAConfig, DataConfig, int]:
-    """The run's MIA config, data config and seed, from the config.json its training wrote."""
+def run_config(run: Path) -> tuple[MIAConfig, DataConfig, TrainConfig, dict]:
+    """The run's MIA config, data config, training config and the record its stages carry (the
+    config.json that `advguard train --defense mia` wrote, less its training config)."""
     path = run / "config.json"
     config = read_json(path)
     if config.get("defense") != "mia" or "data" not in config:
@@ -39,7 +45,8 @@ def run_config(run: Path) -> tuple[MIAConfig, DataConfig, int]:
     mia = MIAConfig(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in config["defense_config"].items() if k in known})
     data = {k: v for k, v in config["data"].items() if k in DataConfig.__dataclass_fields__}
-    return mia, DataConfig(**data), int(config["train"]["seed"])
+    train = TrainConfig(**config["train"])
+    return mia, DataConfig(**data), train, {k: v for k, v in config.items() if k != "train"}
 
 
 def wait_for(paths: list[Path], timeout: float) -> None:
@@ -53,14 +60,21 @@ def wait_for(paths: list[Path], timeout: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def help_run(run: Path, timeout: float = 24 * 3600.0) -> None:
+def help_run(run: Path, timeout: float = 24 * 3600.0, chains: bool = True) -> list[str]:
     """Wait for the training to define the pool (it writes pool.json after config.json and the
-    source model), make the shards nobody holds, return when the pool is complete."""
+    source model), make the shards nobody holds, then (`chains`) train the EAT chains nobody
+    holds; returns the architectures whose chains were trained here."""
     wait_for([run / SHARD_DIR / POOL_FILE], timeout)
-    cfg, data, seed = run_config(run)
+    cfg, data, train, record = run_config(run)
     source, _ = load_model(Path(cfg.source_run) if cfg.source_run else run / "source")
-    sets = adversarial_sets(cfg, run, source.eval(), cfg.used_splits(load_splits(data)), resume=True, seed=seed)
+    splits = cfg.used_splits(load_splits(data))
+    sets = adversarial_sets(cfg, run, source.eval(), splits, resume=True, seed=train.seed)
     log.info("pool complete: train %d, val %d, test %d", *(len(sets[k]) for k in ("train", "val", "test")))
+    if not chains:
+        return []
+    made = Chains(cfg, run, splits, sets, train, record, report=False).help()
+    log.info("chains trained here: %s", ", ".join(made) or "none (all held or done)")
+    return made
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="the run folder of an `advguard train --defense mia` run")
     parser.add_argument("--timeout", type=float, default=24 * 3600.0,
                         help="seconds to wait for the training to start, finish its source model and define the pool")
+    parser.add_argument("--pool-only", action="store_true",
+                        help="exit once the pool is complete instead of training EAT chains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [helper]: %(message)s")
-    help_run(Path(args.run), args.timeout)
+    help_run(Path(args.run), args.timeout, chains=not args.pool_only)
     return 0
 
 

@@ -22,7 +22,7 @@ from training.checkpoint import LAST_FILE, MODEL_FILE, load_model, read_json
 from training.data import Splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.craft import run_attack, shard_folder
-from training.defenses.mia.fit import stage_done, stage_paths, stage_work
+from training.defenses.mia.stages import stage_done, stage_paths, stage_work
 from training.defenses.mia.pool import SHARD_DIR, pool_sizes
 from training.models import create_model, model_spec_for
 from training.trainer import TrainConfig

@@ -49,3 +49,30 @@ def test_a_torn_last_pt_restarts_its_stage_and_still_matches(mia_splits, mia_ref
     last.write_bytes(last.read_bytes()[:100])
     metrics = resumed(mia_splits, out)
     assert metrics["detection"] == ref_metrics["detection"]
+
+
+def test_a_kept_run_resumes_in_a_fresh_folder_to_the_uninterrupted_result(mia_splits, mia_reference, tmp_path):
+    """`training.keep`: a run killed mid-EAT is saved to a kept folder (its pool left out) and
+    restored into a new folder, as in a fresh checkout; the resume remakes the pool against the
+    kept source model, takes the kept stages as they are and ends with the uninterrupted result."""
+    from training.keep import restore, save
+
+    ref_out, ref_metrics = mia_reference
+    out, kept, fresh = tmp_path / "run", tmp_path / "kept", tmp_path / "fresh"
+    killed_when(out, "eat/eat2/share-25/last.pt")                 # eat1's chain done, eat2's in flight
+    save(out, kept)
+    assert not (kept / "adversarial").exists() and not (kept / "adversarial.pt").exists()
+    assert (kept / "eat/eat2/share-25/last.pt").exists() and (kept / "members/0-eat1/model.pt").exists()
+    assert save(out, kept) == []                                   # nothing changed: nothing written
+    restore(kept, fresh)
+    finished = {p.relative_to(fresh): p.read_bytes() for p in fresh.rglob("model.pt")}
+
+    metrics = resumed(mia_splits, fresh)
+
+    assert all((fresh / rel).read_bytes() == data for rel, data in finished.items())  # taken as kept
+    ours, theirs = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (fresh, ref_out))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    for key in ("detection", "eat_cycles", "members"):
+        assert metrics[key] == ref_metrics[key], key
+    assert "eat/eat2/share-25/last.pt" not in {str(p) for p in save(fresh, kept)}  # finished since
+    assert not (kept / "eat/eat2/share-25/last.pt").exists()
