@@ -160,8 +160,8 @@ kserve-schema: setup
 #   make mia-full MIA_RUN=runs/mia-full-cpu MIA_PROFILE=full-cpu
 # MIA_HELPERS processes (default: one per core beyond the first) work beside the training
 # (python -m training.defenses.mia.helper; logs/NAME-helper-I.log): they make the adversarial
-# pool's shards nobody holds, then train the EAT chains (EAT cycles + members of one architecture)
-# nobody holds, from the last; the training process trains the others and builds the ensemble.
+# pool's shards nobody holds, then the EAT cycles (per architecture) and members nobody holds,
+# from the last; the training process trains the others and builds the ensemble.
 # A run outlives a session through MIA_KEEP (committed): `make mia-keep` copies its finished
 # stages there (python -m training.keep; the pool is left out and remade against the kept source
 # model) and `make mia-full` restores them into a fresh checkout's MIA_RUN before resuming.

@@ -5,8 +5,8 @@
 - `data`: attack specs, `AdversarialSet`, the augmented set and bootstraps;
 - `craft`: the adversarial images, in shards per attack; `pool`: the run's sets on disk;
 - `fit`: `MIADefense` (registered as the defence `mia` by `training.defenses`); `stages`: its
-  training stages, the EAT chains claimed per architecture; `helper`: a process that makes shards
-  and trains chains beside a run;
+  training stages, EAT cycles and members as tasks that processes claim; `helper`: a process that
+  makes shards and trains stages beside a run;
 - `plan`: the stages, their estimated cost here and what a run folder already holds;
 - `ensemble`: `MIAEnsemble` (`mia_ensemble` is registered as the model `mia-ensemble` by
   `training.defenses`, so `load_model` rebuilds it);

@@ -39,7 +39,7 @@ from training.defenses.mia.data import adversarial_count
 from training.defenses.mia.ensemble import MIAEnsemble
 from training.defenses.mia.metrics import detection_report, detection_table, eat_table
 from training.defenses.mia.pool import adversarial_sets
-from training.defenses.mia.stages import Chains, StageBar, stage_work, trained
+from training.defenses.mia.stages import Stages, StageBar, stage_work, trained
 from training.models import ModelSpec, create_model, model_spec_for
 from training.trainer import TrainConfig
 
@@ -63,7 +63,7 @@ class MIADefense(Defense):
         k = len(splits.labels)
         log.info("MIA profile %s: %s; attacks %s", cfg.profile, budget, record["attack_specs"])
 
-        if not resume:  # chains are claimed and loaded by folder: none may be left from another run
+        if not resume:  # stages are claimed and loaded by folder: none may be left from another run
             for stale in ("eat", "members"):
                 shutil.rmtree(out / stale, ignore_errors=True)
         if cfg.source_run:
@@ -78,13 +78,10 @@ class MIADefense(Defense):
 
         adv = adversarial_sets(cfg, out, source, splits, resume, train.seed)
         bar = StageBar(out, stage_work(cfg, len(splits.train), train.epochs, model_name), resume)
-        stages = Chains(cfg, out, splits, adv, train, record, bar)
-        chains = stages.all(resume)
-        eat_rows = [row for chain in chains.values() for row in chain.eat_rows]
+        stages = Stages(cfg, out, splits, adv, train, record, bar)
+        stages.work()
+        eat_rows, members, member_metrics = stages.collect()
         (out / "eat_table.md").write_text(eat_table(eat_rows, adv["test"].names) + "\n")
-        done = {i: member for chain in chains.values() for i, member in chain.members.items()}
-        members = [done[i][0] for i in range(cfg.n_bootstraps)]
-        member_metrics = [done[i][1] for i in range(cfg.n_bootstraps)]
         member_specs = [model_spec_for(cfg.members[i % len(cfg.members)], splits, num_classes=k + 1).to_dict()
                         for i in range(cfg.n_bootstraps)]
         bar.close()

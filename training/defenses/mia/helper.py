@@ -1,5 +1,5 @@
 """A helper process for a `mia` training run: it makes the run's adversarial shards and trains
-its EAT chains beside it.
+its EAT cycles and members beside it.
 
     OMP_NUM_THREADS=1 python -m training.defenses.mia.helper --run runs/mia-full-cpu
 
@@ -9,11 +9,11 @@ train --defense mia` as it starts), loads the same data and the finished source 
 the training process to define the pool (adversarial/pool.json), then makes the shards nobody
 holds: the train and val pools and the test sets, in the training process's order, with the
 same seeds, so the pool is the one a lone process would make. Once the pool is complete it
-claims the chains of EAT cycles and members (one per member architecture,
-`training.defenses.mia.stages`) that nobody holds, from the last, and trains them with the
-run's seeds and epochs; the training process trains the others, loads the helper's and builds
-the ensemble. A helper never writes pool.json: a run whose pool differs from its config stops it
-with the difference named. It exits when no chain is left to claim; start one per free core.
+trains the EAT cycles and members that nobody holds (`training.defenses.mia.stages`), from the
+last, with the run's seeds and epochs; the training process trains the others, loads the
+helper's and builds the ensemble. A helper never writes pool.json: a run whose pool differs from
+its config stops it with the difference named. It exits when every stage is finished; start one
+per free core.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from training.checkpoint import load_model, read_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.pool import POOL_FILE, SHARD_DIR, adversarial_sets
-from training.defenses.mia.stages import Chains
+from training.defenses.mia.stages import Stages
 from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -60,20 +60,20 @@ def wait_for(paths: list[Path], timeout: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def help_run(run: Path, timeout: float = 24 * 3600.0, chains: bool = True) -> list[str]:
+def help_run(run: Path, timeout: float = 24 * 3600.0, stages: bool = True) -> list[str]:
     """Wait for the training to define the pool (it writes pool.json after config.json and the
-    source model), make the shards nobody holds, then (`chains`) train the EAT chains nobody
-    holds; returns the architectures whose chains were trained here."""
+    source model), make the shards nobody holds, then (`stages`) train the EAT cycles and members
+    nobody holds until all are finished; returns the tasks trained here."""
     wait_for([run / SHARD_DIR / POOL_FILE], timeout)
     cfg, data, train, record = run_config(run)
     source, _ = load_model(Path(cfg.source_run) if cfg.source_run else run / "source")
     splits = cfg.used_splits(load_splits(data))
     sets = adversarial_sets(cfg, run, source.eval(), splits, resume=True, seed=train.seed)
     log.info("pool complete: train %d, val %d, test %d", *(len(sets[k]) for k in ("train", "val", "test")))
-    if not chains:
+    if not stages:
         return []
-    made = Chains(cfg, run, splits, sets, train, record, report=False).help()
-    log.info("chains trained here: %s", ", ".join(made) or "none (all held or done)")
+    made = [str(task) for task in Stages(cfg, run, splits, sets, train, record).work(helper=True)]
+    log.info("trained here: %s", ", ".join(made) or "nothing (all held or done)")
     return made
 
 
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=24 * 3600.0,
                         help="seconds to wait for the training to start, finish its source model and define the pool")
     parser.add_argument("--pool-only", action="store_true",
-                        help="exit once the pool is complete instead of training EAT chains")
+                        help="exit once the pool is complete instead of training EAT cycles and members")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [helper]: %(message)s")
-    help_run(Path(args.run), args.timeout, chains=not args.pool_only)
+    help_run(Path(args.run), args.timeout, stages=not args.pool_only)
     return 0
 
 

@@ -1,20 +1,22 @@
-"""The training stages of a `mia` run: the source model, and per member architecture a chain of
-EAT cycles followed by that architecture's bagged members (stages 1, 3 and 4 of `fit`).
+"""The training stages of a `mia` run (stages 1, 3 and 4 of `fit`): the source model, the EAT
+cycles of each member architecture and the bagged members.
 
-A chain depends only on the adversarial pool and on itself (member i starts from the EAT model of
-architecture members[i mod n] at the chosen share; every stage is seeded from the run's seed), so
-chains can run in different processes: a process claims a chain (`eat/<arch>.claim`,
-`training.claims`) before training it, as the pool's shards are claimed. The training process
-trains the chains in order and waits for those a helper holds (`training.defenses.mia.helper`
-takes them from the last); once a chain's claim is free its finished stages are loaded, and a
-stage that a stopped helper left half done is finished from its last.pt.
+Stages 3 and 4 are tasks that processes sharing the run folder claim (`training.claims`), as
+the pool's shards are claimed: an architecture's EAT cycles (`eat/<arch>.claim`; a cycle starts
+from the previous one's model) and each member (`members/<i>-<arch>.claim`; ready once its
+architecture's EAT model at the chosen share is written). Every stage is seeded from the run's
+seed, so which process trains what does not change the result. The training process takes the
+tasks in order, a helper (`training.defenses.mia.helper`) from the last; each polls while the
+tasks left are held or not ready, and a task whose process is gone is taken over, its stage in
+flight finished from its last.pt. The training process then loads every stage and builds the
+ensemble.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,7 +60,7 @@ def trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, 
 
 
 def architectures(cfg: MIAConfig) -> list[str]:
-    """The member architectures, each once, in the order of `members`: one chain each."""
+    """The member architectures, each once, in the order of `members`."""
     return list(dict.fromkeys(cfg.members))
 
 
@@ -68,10 +70,6 @@ def eat_path(arch: str, share: float) -> str:
 
 def member_path(cfg: MIAConfig, i: int) -> str:
     return f"members/{i}-{cfg.members[i % len(cfg.members)]}"
-
-
-def chain_claim(out: Path, arch: str) -> Path:
-    return Path(out) / "eat" / f"{arch}.claim"
 
 
 def stage_paths(cfg: MIAConfig) -> dict[str, list[str]]:
@@ -114,27 +112,34 @@ class StageBar:
         self.bar.close()
 
 
-@dataclass
-class Chain:
-    """What one architecture's chain gives the ensemble: its EAT rows (per cycle: the detection
-    report on the test sets; empty in a helper) and its members (index -> (model, metrics))."""
+@dataclass(frozen=True)
+class Task:
+    """A unit that one process claims: an architecture's EAT cycles (`kind` 'eat', `key` the
+    architecture) or one bagged member (`kind` 'member', `key` its index)."""
 
-    eat_rows: list[dict] = field(default_factory=list)
-    members: dict[int, tuple[torch.nn.Module, dict]] = field(default_factory=dict)
+    kind: str
+    key: str | int
+
+    def __str__(self) -> str:
+        return f"{self.key} EAT cycles" if self.kind == "eat" else f"member {self.key}"
 
 
-class Chains:
-    """Stages 3 and 4 of one run: the chains of EAT cycles and members, claimed per architecture."""
+class Stages:
+    """Stages 3 and 4 of one run: EAT cycles per architecture, then the bagged members, as tasks
+    that processes sharing the run folder claim; a member is ready once its architecture's EAT
+    model at the chosen share is written. A task's finished stages are always loaded rather than
+    retrained: they are this run's (a run without --resume removes old ones first)."""
 
     def __init__(self, cfg: MIAConfig, out: Path, splits: Splits, adv: dict[str, AdversarialSet],
-                 train: TrainConfig, record: dict, bar: StageBar | None = None, report: bool = True) -> None:
+                 train: TrainConfig, record: dict, bar: StageBar | None = None) -> None:
         self.cfg, self.out, self.splits, self.adv, self.train = cfg, Path(out), splits, adv, train
-        self.record, self.bar, self.report = record, bar, report
+        self.record, self.bar = record, bar
         self.k = len(splits.labels)
         self.test_clean = splits.test.take(cfg.eval_size) if cfg.eval_size else splits.test
         self.test = Split(torch.cat([self.test_clean.x, adv["test"].x]),
                           torch.cat([self.test_clean.y, torch.full((len(adv["test"]),), self.k)]))
         self._val: dict[float, Split] = {}
+        self._chosen: tuple[Split, list[torch.Tensor]] | None = None
 
     def _splits(self, share: float, train_split: Split) -> Splits:
         if share not in self._val:
@@ -144,73 +149,92 @@ class Chains:
     def _epochs(self, stage: str) -> TrainConfig:
         return replace(self.train, epochs=self.cfg.epochs(stage, self.train.epochs))
 
-    def _done(self, path: str) -> None:
+    def _trained(self, stage: str, model: torch.nn.Module, spec: ModelSpec, splits: Splits, epochs: str) -> dict:
+        metrics = trained(self.out / stage, model, spec, splits, self._epochs(epochs), True, self.record)
         if self.bar is not None:
-            self.bar.done(path)
+            self.bar.done(stage)
+        return metrics
 
-    def chain(self, arch: str, resume: bool) -> Chain:
-        """Train (or, on resume, load) `arch`'s EAT cycles, then its members."""
-        cfg, out, result = self.cfg, self.out, Chain()
-        spec = model_spec_for(arch, self.splits, num_classes=self.k + 1)
+    def _spec(self, arch: str) -> ModelSpec:
+        return model_spec_for(arch, self.splits, num_classes=self.k + 1)
+
+    def eat(self, arch: str, report: bool = False) -> list[dict]:
+        """Train (or load) `arch`'s EAT cycles; with `report`, each cycle's detection report."""
+        spec, rows = self._spec(arch), []
         torch.manual_seed(self.train.seed)
-        model, at_share = create_model(spec), None
-        for cycle, share in enumerate(cfg.shares, 1):
-            aug = augmented(self.splits.train, self.adv["train"], share, self.k, cfg.only_fooled)
-            stage = eat_path(arch, share)
-            trained(out / stage, model, spec, self._splits(share, aug), self._epochs("eat"), resume, self.record)
-            self._done(stage)
+        model = create_model(spec)
+        for cycle, share in enumerate(self.cfg.shares, 1):
+            aug = augmented(self.splits.train, self.adv["train"], share, self.k, self.cfg.only_fooled)
+            self._trained(eat_path(arch, share), model, spec, self._splits(share, aug), "eat")
             del aug
-            if self.report:
-                result.eat_rows.append({"model": arch, "cycle": cycle, "share": share,
-                                        "report": detection_report(model, self.test_clean, self.adv["test"], self.k)})
-            if share == cfg.share:
-                at_share = {n: t.clone() for n, t in model.state_dict().items()}
-        mine = [i for i in range(cfg.n_bootstraps) if cfg.members[i % len(cfg.members)] == arch]
-        if not mine:
-            return result
-        chosen = augmented(self.splits.train, self.adv["train"], cfg.share, self.k, cfg.only_fooled)
-        samples = bootstrap_indices(len(chosen), cfg.n_bootstraps, self.train.seed, cfg.bootstrap_fraction)
-        for i in mine:
-            torch.manual_seed(self.train.seed + 1 + i)
-            member = create_model(spec)
-            if cfg.init_from_eat:
-                member.load_state_dict(at_share)
-            idx = samples[i]
-            metrics = trained(out / member_path(cfg, i), member, spec,
-                              self._splits(cfg.share, Split(chosen.x[idx], chosen.y[idx])),
-                              self._epochs("member"), resume, self.record)
-            self._done(member_path(cfg, i))
-            result.members[i] = (member.eval(), metrics)
-        return result
+            if report:
+                rows.append({"model": arch, "cycle": cycle, "share": share,
+                             "report": detection_report(model, self.test_clean, self.adv["test"], self.k)})
+        return rows
 
-    def _claimed(self, arch: str, resume: bool) -> Chain | None:
-        """`arch`'s chain made or loaded here under its claim, or None while another process holds it."""
-        path = chain_claim(self.out, arch)
-        if not claim(path):
-            return None
-        try:
-            return self.chain(arch, resume)
-        finally:
-            release(path)
+    def member(self, i: int) -> tuple[torch.nn.Module, dict]:
+        """Train (or load) member i, from its architecture's EAT model at the chosen share."""
+        cfg, arch = self.cfg, self.cfg.members[i % len(self.cfg.members)]
+        if self._chosen is None:
+            chosen = augmented(self.splits.train, self.adv["train"], cfg.share, self.k, cfg.only_fooled)
+            self._chosen = chosen, bootstrap_indices(len(chosen), cfg.n_bootstraps, self.train.seed,
+                                                     cfg.bootstrap_fraction)
+        chosen, samples = self._chosen
+        spec = self._spec(arch)
+        torch.manual_seed(self.train.seed + 1 + i)
+        model = create_model(spec)
+        if cfg.init_from_eat:
+            start = self.out / eat_path(arch, cfg.share) / MODEL_FILE
+            model.load_state_dict(torch.load(start, map_location="cpu", weights_only=True)["state_dict"])
+        idx = samples[i]
+        metrics = self._trained(member_path(cfg, i), model, spec,
+                                self._splits(cfg.share, Split(chosen.x[idx], chosen.y[idx])), "member")
+        return model.eval(), metrics
 
-    def all(self, resume: bool) -> dict[str, Chain]:
-        """Every chain, in order: trained here, or waited for while a helper holds it and then
-        loaded (its stages are this run's: a run without --resume removes old ones first)."""
-        chains = {arch: self._claimed(arch, resume) for arch in architectures(self.cfg)}
-        for arch, chain in chains.items():
-            while chain is None:
+    def tasks(self) -> list[Task]:
+        return [Task("eat", a) for a in architectures(self.cfg)] + [Task("member", i) for i in range(self.cfg.n_bootstraps)]
+
+    def _folders(self, task: Task) -> list[str]:
+        if task.kind == "eat":
+            return [eat_path(task.key, share) for share in self.cfg.shares]
+        return [member_path(self.cfg, task.key)]
+
+    def finished(self, task: Task) -> bool:
+        return all(stage_done(self.out / p) for p in self._folders(task))
+
+    def ready(self, task: Task) -> bool:
+        if task.kind == "eat" or not self.cfg.init_from_eat:
+            return True
+        return stage_done(self.out / eat_path(self.cfg.members[task.key % len(self.cfg.members)], self.cfg.share))
+
+    def _claim(self, task: Task) -> Path:
+        return self.out / (f"eat/{task.key}.claim" if task.kind == "eat" else f"{member_path(self.cfg, task.key)}.claim")
+
+    def work(self, helper: bool = False) -> list[Task]:
+        """Train every unfinished task this process can claim, in order (a helper: from the last),
+        until all are finished by someone; returns the tasks trained here. While every task
+        left is held by another process or waits for an EAT model, it polls."""
+        pending, here = self.tasks()[::-1] if helper else self.tasks(), []
+        while pending:
+            for task in pending:
+                if self.finished(task):
+                    pending.remove(task)
+                    break
+                if self.ready(task) and claim(self._claim(task)):
+                    try:
+                        if not self.finished(task):  # finished by another process just before our claim
+                            self.eat(task.key) if task.kind == "eat" else self.member(task.key)
+                            here.append(task)
+                    finally:
+                        release(self._claim(task))
+                    pending.remove(task)
+                    break
+            else:
                 time.sleep(CLAIM_POLL_SECONDS)
-                chain = chains[arch] = self._claimed(arch, resume=True)
-        return chains
+        return here
 
-    def finished(self, arch: str) -> bool:
-        paths = [eat_path(arch, share) for share in self.cfg.shares]
-        paths += [member_path(self.cfg, i) for i in range(self.cfg.n_bootstraps)
-                  if self.cfg.members[i % len(self.cfg.members)] == arch]
-        return all(stage_done(self.out / p) for p in paths)
-
-    def help(self) -> list[str]:
-        """A helper's part: the unfinished chains nobody holds, from the last (the training
-        process starts at the first); returns the architectures trained here."""
-        return [arch for arch in reversed(architectures(self.cfg))
-                if not self.finished(arch) and self._claimed(arch, resume=True) is not None]
+    def collect(self) -> tuple[list[dict], list[torch.nn.Module], list[dict]]:
+        """Once every task is finished: the EAT table's rows, the members and their metrics."""
+        rows = [row for arch in architectures(self.cfg) for row in self.eat(arch, report=True)]
+        members = [self.member(i) for i in range(self.cfg.n_bootstraps)]
+        return rows, [m for m, _ in members], [metrics for _, metrics in members]

@@ -59,10 +59,10 @@ def test_a_kept_run_resumes_in_a_fresh_folder_to_the_uninterrupted_result(mia_sp
 
     ref_out, ref_metrics = mia_reference
     out, kept, fresh = tmp_path / "run", tmp_path / "kept", tmp_path / "fresh"
-    killed_when(out, "eat/eat2/share-25/last.pt")                 # eat1's chain done, eat2's in flight
+    killed_when(out, "members/1-eat2/last.pt")                    # EAT cycles and member 0 done, member 1 in flight
     save(out, kept)
     assert not (kept / "adversarial").exists() and not (kept / "adversarial.pt").exists()
-    assert (kept / "eat/eat2/share-25/last.pt").exists() and (kept / "members/0-eat1/model.pt").exists()
+    assert (kept / "members/1-eat2/last.pt").exists() and (kept / "members/0-eat1/model.pt").exists()
     assert save(out, kept) == []                                   # nothing changed: nothing written
     restore(kept, fresh)
     finished = {p.relative_to(fresh): p.read_bytes() for p in fresh.rglob("model.pt")}
@@ -74,5 +74,5 @@ def test_a_kept_run_resumes_in_a_fresh_folder_to_the_uninterrupted_result(mia_sp
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     for key in ("detection", "eat_cycles", "members"):
         assert metrics[key] == ref_metrics[key], key
-    assert "eat/eat2/share-25/last.pt" not in {str(p) for p in save(fresh, kept)}  # finished since
-    assert not (kept / "eat/eat2/share-25/last.pt").exists()
+    assert "members/1-eat2/model.pt" in {str(p) for p in save(fresh, kept)}  # finished since:
+    assert not (kept / "members/1-eat2/last.pt").exists()                     # its last.pt dropped
