@@ -38,8 +38,8 @@ from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.data import adversarial_count
 from training.defenses.mia.ensemble import MIAEnsemble
 from training.defenses.mia.metrics import detection_report, detection_table, eat_table
-from training.defenses.mia.pool import adversarial_sets
-from training.defenses.mia.stages import Stages, StageBar, stage_work, trained
+from training.defenses.mia.pool import POOL_SETS, adversarial_sets, pool_sizes
+from training.defenses.mia.stages import Stages, StageBar, pool_needed, stage_work, trained
 from training.models import ModelSpec, create_model, model_spec_for
 from training.trainer import TrainConfig
 
@@ -76,7 +76,8 @@ class MIADefense(Defense):
                     resume, record)
         source.eval()
 
-        adv = adversarial_sets(cfg, out, source, splits, resume, train.seed)
+        adv = adversarial_sets(cfg, out, source, splits, resume, train.seed,
+                               need=pool_needed(cfg, out) if resume else POOL_SETS)
         bar = StageBar(out, stage_work(cfg, len(splits.train), train.epochs, model_name), resume)
         stages = Stages(cfg, out, splits, adv, train, record, bar)
         stages.work()
@@ -91,6 +92,7 @@ class MIADefense(Defense):
                          image_size=base.image_size, mean=base.mean, std=base.std,
                          options={"members": member_specs, "tie_break": cfg.tie_break})
         report = detection_report(ensemble, stages.test_clean, adv["test"], k)
+        sizes = pool_sizes(cfg, splits)
         (out / "detection.md").write_text(f"profile {cfg.profile}: {', '.join(record['attack_specs'])}\n\n"
                                           + detection_table(report) + "\n")
         metrics = {"test_accuracy": report["clean_accuracy"], "test_size": len(stages.test_clean),
@@ -99,7 +101,7 @@ class MIADefense(Defense):
                    "detection": report, "eat_cycles": eat_rows,
                    "members": [{"val_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy")}
                                for m in member_metrics],
-                   "adversarial_pool": {"train": len(adv["train"]), "val": len(adv["val"]),
+                   "adversarial_pool": {"train": sizes["train"], "val": sizes["val"],
                                         "test": len(adv["test"]), "attacks": list(adv["test"].names)}}
         save_model(out / MODEL_FILE, ensemble, spec, {"metrics": {"test_accuracy": metrics["test_accuracy"]}})
         write_json(out / "metrics.json", metrics)

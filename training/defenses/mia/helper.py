@@ -27,7 +27,7 @@ from training.checkpoint import load_model, read_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.pool import POOL_FILE, SHARD_DIR, adversarial_sets
-from training.defenses.mia.stages import Stages
+from training.defenses.mia.stages import Stages, pool_needed
 from training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def help_run(run: Path, timeout: float = 24 * 3600.0, stages: bool = True) -> li
     cfg, data, train, record = run_config(run)
     source, _ = load_model(Path(cfg.source_run) if cfg.source_run else run / "source")
     splits = cfg.used_splits(load_splits(data))
-    sets = adversarial_sets(cfg, run, source.eval(), splits, resume=True, seed=train.seed)
-    log.info("pool complete: train %d, val %d, test %d", *(len(sets[k]) for k in ("train", "val", "test")))
+    sets = adversarial_sets(cfg, run, source.eval(), splits, resume=True, seed=train.seed, need=pool_needed(cfg, run))
+    log.info("pool complete: %s", ", ".join(f"{key} {len(value)}" for key, value in sets.items()))
     if not stages:
         return []
     made = [str(task) for task in Stages(cfg, run, splits, sets, train, record).work(helper=True)]

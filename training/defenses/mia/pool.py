@@ -25,6 +25,7 @@ from training.defenses.mia.data import AdversarialSet, adversarial_count
 
 log = logging.getLogger(__name__)
 POOL_FILE, CACHE_FILE, SHARD_DIR = "pool.json", "adversarial.pt", "adversarial"
+POOL_SETS = ("train", "val", "test")
 
 
 def model_sha256(model: nn.Module) -> str:
@@ -69,26 +70,28 @@ def _check_definition(folder: Path, definition: dict, resume: bool) -> None:
 
 
 def adversarial_sets(cfg: MIAConfig, out: Path, source: nn.Module, splits: Splits, resume: bool,
-                     seed: int) -> dict[str, AdversarialSet]:
-    """The train/val pools and the per-attack test sets, made (or resumed) shard by shard."""
+                     seed: int, need: tuple[str, ...] = POOL_SETS) -> dict[str, AdversarialSet]:
+    """The train/val pools and the per-attack test sets (those in `need`), made (or resumed)
+    shard by shard; each set is made with its own seed, so making a subset changes nothing."""
     folder, cache = Path(out) / SHARD_DIR, Path(out) / CACHE_FILE
     definition = pool_definition(cfg, splits, seed, model_sha256(source))
     _check_definition(folder, definition, resume)
     if resume and cache.exists():
         state = torch.load(cache, map_location="cpu", weights_only=True)
-        if state.get("definition") == definition:
-            return {key: AdversarialSet.from_state(state[key]) for key in ("train", "val", "test")}
+        if state.get("definition") == definition and all(key in state for key in need):
+            return {key: AdversarialSet.from_state(state[key]) for key in need}
     attacks, sizes = cfg.attack_specs(), definition["sizes"]
-    val = splits.val.take(cfg.val_size) if cfg.val_size else splits.val
-    test = splits.test.take(sizes["test_per_attack"])
     common = {"batch_size": cfg.attack_batch, "shard_size": cfg.shard_size}
-    sets = {
-        "train": craft_pool(source, splits.train, attacks, sizes["train"], seed, folder=folder / "train",
-                            label="train", **common),
-        "val": craft_pool(source, val, attacks, sizes["val"], seed + 1, folder=folder / "val", label="val", **common),
-        "test": craft_per_attack(source, test, attacks, seed + 2, folder=folder / "test", label="test", **common),
+    make = {
+        "train": lambda: craft_pool(source, splits.train, attacks, sizes["train"], seed, folder=folder / "train",
+                                    label="train", **common),
+        "val": lambda: craft_pool(source, splits.val.take(cfg.val_size) if cfg.val_size else splits.val, attacks,
+                                  sizes["val"], seed + 1, folder=folder / "val", label="val", **common),
+        "test": lambda: craft_per_attack(source, splits.test.take(sizes["test_per_attack"]), attacks, seed + 2,
+                                         folder=folder / "test", label="test", **common),
     }
+    sets = {key: make[key]() for key in POOL_SETS if key in need}
     save_atomic({"definition": definition, **{key: value.state() for key, value in sets.items()}}, cache)
-    log.info("adversarial pool: train %d, val %d, test %d (%s)", len(sets["train"]), len(sets["val"]),
-             len(sets["test"]), ", ".join(definition["attacks"]))
+    log.info("adversarial pool: %s (%s)", ", ".join(f"{key} {len(value)}" for key, value in sets.items()),
+             ", ".join(definition["attacks"]))
     return sets

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from training.data import Split, Splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.data import AdversarialSet, adversarial_count, augmented, bootstrap_indices
 from training.defenses.mia.metrics import detection_report
+from training.defenses.mia.pool import POOL_SETS
 from training.models import ModelSpec, create_model, model_spec_for
 from training.trainer import TrainConfig, fit
 
@@ -39,16 +41,24 @@ def stage_done(out: Path) -> bool:
     return (Path(out) / MODEL_FILE).exists() and (Path(out) / "metrics.json").exists()
 
 
+def finished_stage(out: Path, model: torch.nn.Module) -> dict | None:
+    """A finished stage's metrics, its weights loaded into `model`; None if it is not finished."""
+    if not stage_done(out):
+        return None
+    try:
+        metrics = read_json(out / "metrics.json")
+    except ValueError:  # metrics.json cut short by a stop: the stage is finished from last.pt
+        log.warning("%s: unreadable metrics.json, finishing the stage from %s", out, LAST_FILE)
+        return None
+    model.load_state_dict(torch.load(out / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"])
+    return metrics
+
+
 def trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, config: TrainConfig,
             resume: bool, record: dict) -> dict:
     """trainer.fit, or (on resume) the finished stage's weights and metrics."""
-    if resume and stage_done(out):
-        try:
-            metrics = read_json(out / "metrics.json")
-            model.load_state_dict(torch.load(out / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"])
-            return metrics
-        except ValueError:  # metrics.json cut short by a stop: finish the stage from last.pt
-            log.warning("%s: unreadable metrics.json, finishing the stage from %s", out, LAST_FILE)
+    if resume and (metrics := finished_stage(out, model)) is not None:
+        return metrics
     last = out / LAST_FILE
     if resume and last.exists():
         try:
@@ -57,6 +67,15 @@ def trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, 
             log.warning("%s is unreadable (%s): the stage restarts from its first epoch", last, err)
             last.unlink()
     return fit(model, spec, splits, config, out, run_config=record, resume=resume)
+
+
+def pool_needed(cfg: MIAConfig, out: Path) -> tuple[str, ...]:
+    """The adversarial sets a resumed run still needs: the test sets alone once every EAT and
+    member stage is finished (a kept run restored into a fresh checkout), else all three."""
+    paths = stage_paths(cfg)
+    if all(stage_done(Path(out) / p) for p in paths["eat"] + paths["members"]):
+        return ("test",)
+    return POOL_SETS
 
 
 def architectures(cfg: MIAConfig) -> list[str]:
@@ -149,8 +168,13 @@ class Stages:
     def _epochs(self, stage: str) -> TrainConfig:
         return replace(self.train, epochs=self.cfg.epochs(stage, self.train.epochs))
 
-    def _trained(self, stage: str, model: torch.nn.Module, spec: ModelSpec, splits: Splits, epochs: str) -> dict:
-        metrics = trained(self.out / stage, model, spec, splits, self._epochs(epochs), True, self.record)
+    def _trained(self, stage: str, model: torch.nn.Module, spec: ModelSpec, splits: Callable[[], Splits],
+                 epochs: str) -> dict:
+        """The stage loaded if finished, else trained on `splits()` (the train and val pools are
+        read only then: a run whose stages are all finished needs only the test sets)."""
+        metrics = finished_stage(self.out / stage, model)
+        if metrics is None:
+            metrics = trained(self.out / stage, model, spec, splits(), self._epochs(epochs), True, self.record)
         if self.bar is not None:
             self.bar.done(stage)
         return metrics
@@ -164,9 +188,8 @@ class Stages:
         torch.manual_seed(self.train.seed)
         model = create_model(spec)
         for cycle, share in enumerate(self.cfg.shares, 1):
-            aug = augmented(self.splits.train, self.adv["train"], share, self.k, self.cfg.only_fooled)
-            self._trained(eat_path(arch, share), model, spec, self._splits(share, aug), "eat")
-            del aug
+            self._trained(eat_path(arch, share), model, spec, lambda: self._splits(share, augmented(
+                self.splits.train, self.adv["train"], share, self.k, self.cfg.only_fooled)), "eat")
             if report:
                 rows.append({"model": arch, "cycle": cycle, "share": share,
                              "report": detection_report(model, self.test_clean, self.adv["test"], self.k)})
@@ -175,21 +198,22 @@ class Stages:
     def member(self, i: int) -> tuple[torch.nn.Module, dict]:
         """Train (or load) member i, from its architecture's EAT model at the chosen share."""
         cfg, arch = self.cfg, self.cfg.members[i % len(self.cfg.members)]
-        if self._chosen is None:
-            chosen = augmented(self.splits.train, self.adv["train"], cfg.share, self.k, cfg.only_fooled)
-            self._chosen = chosen, bootstrap_indices(len(chosen), cfg.n_bootstraps, self.train.seed,
-                                                     cfg.bootstrap_fraction)
-        chosen, samples = self._chosen
+
+        def bootstrap() -> Splits:
+            if self._chosen is None:
+                chosen = augmented(self.splits.train, self.adv["train"], cfg.share, self.k, cfg.only_fooled)
+                self._chosen = chosen, bootstrap_indices(len(chosen), cfg.n_bootstraps, self.train.seed,
+                                                         cfg.bootstrap_fraction)
+            chosen, samples = self._chosen
+            return self._splits(cfg.share, Split(chosen.x[samples[i]], chosen.y[samples[i]]))
+
         spec = self._spec(arch)
         torch.manual_seed(self.train.seed + 1 + i)
         model = create_model(spec)
         if cfg.init_from_eat:
             start = self.out / eat_path(arch, cfg.share) / MODEL_FILE
             model.load_state_dict(torch.load(start, map_location="cpu", weights_only=True)["state_dict"])
-        idx = samples[i]
-        metrics = self._trained(member_path(cfg, i), model, spec,
-                                self._splits(cfg.share, Split(chosen.x[idx], chosen.y[idx])), "member")
-        return model.eval(), metrics
+        return model.eval(), self._trained(member_path(cfg, i), model, spec, bootstrap, "member")
 
     def tasks(self) -> list[Task]:
         return [Task("eat", a) for a in architectures(self.cfg)] + [Task("member", i) for i in range(self.cfg.n_bootstraps)]

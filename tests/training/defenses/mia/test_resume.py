@@ -76,3 +76,22 @@ def test_a_kept_run_resumes_in_a_fresh_folder_to_the_uninterrupted_result(mia_sp
         assert metrics[key] == ref_metrics[key], key
     assert "members/1-eat2/model.pt" in {str(p) for p in save(fresh, kept)}  # finished since:
     assert not (kept / "members/1-eat2/last.pt").exists()                     # its last.pt dropped
+
+
+def test_a_kept_run_with_every_stage_finished_remakes_only_the_test_sets(mia_splits, mia_reference, tmp_path):
+    """Restored with every EAT and member stage finished, a run needs no training pool: the resume
+    makes the test sets alone and ends with the uninterrupted run's metrics."""
+    from training.keep import restore, save
+
+    ref_out, ref_metrics = mia_reference
+    save(ref_out, tmp_path / "kept")
+    fresh = restore(tmp_path / "kept", tmp_path / "fresh") and tmp_path / "fresh"
+    for done in ("model.pt", "metrics.json"):          # the ensemble not yet built
+        (fresh / done).unlink()
+
+    metrics = resumed(mia_splits, fresh)
+
+    assert sorted(p.name for p in (fresh / "adversarial").iterdir() if p.is_dir()) == ["test"]
+    assert set(torch.load(fresh / "adversarial.pt", weights_only=True)) == {"definition", "test"}
+    for key in ("detection", "eat_cycles", "members", "adversarial_pool", "train_size"):
+        assert metrics[key] == ref_metrics[key], key
