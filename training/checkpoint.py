@@ -5,6 +5,7 @@ the previous version of the file, so `--resume` finds a loadable last.pt and rea
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,16 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def save_atomic(payload: object, path: Path) -> None:
     """`torch.save(payload, path)`, written whole or not at all (`write_atomic`)."""
     write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def model_sha256(model: nn.Module) -> str:
+    """SHA-256 over the state_dict's names and bytes (stable across saves and loads): the key of
+    results that hold for these exact weights (an MIA pool, cached attack results)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_model(path: Path, model: nn.Module, spec: ModelSpec, extra: dict | None = None) -> None:

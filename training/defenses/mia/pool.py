@@ -8,7 +8,6 @@ run's is refused (resuming would mix two pools); without --resume the shards are
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.checkpoint import save_atomic, write_json
+from training.checkpoint import model_sha256, save_atomic, write_json
 from training.data import Splits
 from training.defenses.mia.config import MIAConfig
 from training.defenses.mia.craft import craft_per_attack, craft_pool
@@ -26,15 +25,6 @@ from training.defenses.mia.data import AdversarialSet, adversarial_count
 log = logging.getLogger(__name__)
 POOL_FILE, CACHE_FILE, SHARD_DIR = "pool.json", "adversarial.pt", "adversarial"
 POOL_SETS = ("train", "val", "test")
-
-
-def model_sha256(model: nn.Module) -> str:
-    """SHA-256 over the state_dict's names and bytes (stable across saves and loads)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def pool_sizes(cfg: MIAConfig, splits: Splits) -> dict[str, int]:

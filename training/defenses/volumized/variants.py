@@ -13,8 +13,9 @@ each area share, trained on --patch-train training images against the model itse
 vote (whose count has no gradient) against the same weights with mean log-probability
 aggregation (a transfer attack; the certificate below bounds what any patch can do).
 delta = acc_clean - acc_attack; beta = share of clean-correct images the attack does not flip.
-Every (model, attack, chunk of --chunk images) result is cached under OUT/cache as it is done:
-rerunning the same command resumes. Writes results.json, results.md, npixel.png, patch.png and,
+Every (model, attack, chunk of --chunk images) result is cached under OUT/cache as it is done,
+keyed by the model's weights (SHA-256): rerunning the same command resumes, in another checkout
+too when OUT is a committed folder and the weights are the same (kept with `training.keep`). Writes results.json, results.md, npixel.png, patch.png and,
 for models whose slices are independent, certified.png (certified accuracy vs patch area).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from training.attacks import AdversarialPatch, NPixel
-from training.checkpoint import load_model, read_json, save_atomic, write_json
+from training.checkpoint import load_model, model_sha256, read_json, save_atomic, write_json
 from training.data import DataConfig, load_splits
 from training.defenses.mia.metrics import predict
 from training.defenses.volumized.aggregate import AGGREGATIONS
@@ -61,10 +62,12 @@ def summarize(clean_ok: torch.Tensor, adv_ok: torch.Tensor) -> dict:
 
 
 class Cache:
-    """JSON files under OUT/cache/LABEL/: one per finished unit of work."""
+    """JSON files under OUT/cache/LABEL/WEIGHTS/: one per finished unit of work, WEIGHTS the first
+    16 hex digits of the model's SHA-256 (`model_sha256`), so results are reused only for the
+    very weights that made them (a retrained model starts a cache of its own)."""
 
-    def __init__(self, root: Path, label: str) -> None:
-        self.dir = Path(root) / "cache" / label
+    def __init__(self, root: Path, label: str, weights: str) -> None:
+        self.dir = Path(root) / "cache" / label / weights[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str) -> dict | None:
@@ -129,7 +132,7 @@ def patch(model, x, y, x_train, y_train, scale: float, options: str, cache: Cach
 
 
 def evaluate_variant(label: str, model, x, y, x_train, y_train, args) -> dict:
-    cache = Cache(Path(args.out), label)
+    cache = Cache(Path(args.out), label, model_sha256(model))
     clean_ok = predict(model, x) == y
     out = {"acc_clean": float(clean_ok.float().mean()), "npixel": {}, "patch": {}}
     for n in _pixels(args.pixels):
