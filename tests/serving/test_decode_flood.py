@@ -1,7 +1,10 @@
 """A flood of decompression-heavy images does not stall ordinary callers: while one client keeps
 sending batches of large PNGs (a few KB each, millions of pixels once decoded), another's
-ordinary calls keep their latency (p99 within 5x of their unloaded p99) and health checks keep
-answering. Decoding runs in its own thread, off the event loop and off the model threads."""
+ordinary calls keep their latency and health checks keep answering. Decoding runs in its own
+thread, off the event loop and off the model threads, so an ordinary call never waits for a flood
+image's decoding: the ordinary calls' p99 under the flood stays below the time the server takes
+per flood image (a flood batch's median latency over its images), measured in the same run, so
+the bound follows the machine's load instead of a figure taken on a quiet machine."""
 from __future__ import annotations
 
 import io
@@ -50,8 +53,9 @@ def test_ordinary_calls_and_health_survive_a_decoding_flood(serving_store, tmp_p
         with grpc.insecure_channel(server.target) as channel:
             flood_stub = guard_pb2_grpc.GuardedClassifierStub(channel)
             while not stop.is_set():
+                began = time.perf_counter()
                 flood_stub.ClassifyBatch(flood, timeout=60)
-                flooded.append(1)
+                flooded.append(time.perf_counter() - began)
 
     try:
         with grpc.insecure_channel(server.target) as channel:
@@ -75,6 +79,8 @@ def test_ordinary_calls_and_health_survive_a_decoding_flood(serving_store, tmp_p
         stop.set()
         server.stop()
     p99_unloaded, p99_loaded = np.percentile(unloaded, 99), np.percentile(loaded, 99)
+    per_image = np.median(flooded) / len(flood.images)
     assert len(flooded) >= 2, "the flood never got going"
-    assert p99_loaded <= 5 * p99_unloaded, (f"ordinary p99 {p99_loaded * 1e3:.1f} ms under the flood vs "
-                                           f"{p99_unloaded * 1e3:.1f} ms unloaded ({len(flooded)} flood batches)")
+    assert p99_loaded < per_image, (f"ordinary p99 {p99_loaded * 1e3:.1f} ms under the flood (unloaded "
+                                    f"{p99_unloaded * 1e3:.1f} ms) is not below the {per_image * 1e3:.1f} ms the "
+                                    f"server takes per flood image ({len(flooded)} flood batches)")

@@ -49,4 +49,5 @@ def test_server_probe_reports_cpu_per_call_loop_share_and_the_batches_the_load_m
     assert 0 < spent["loop_cpu_us"] <= spent["server_cpu_us"]  # the event loop is one of the server's threads
     assert 0 < spent["loop_busy"] <= 1.05  # one thread: at most one core (clock ticks round)
     quiet = probe.measure(lambda: LoadResult(seconds=(time.sleep(0.5), 0.5)[1]))  # no calls: an idle loop
-    assert quiet["loop_busy"] < 0.2 < spent["loop_busy"]
+    # relative, not a fixed share: another process holding a core lowers the loaded loop's share too
+    assert quiet["loop_busy"] < 0.2 and spent["loop_busy"] > 3 * quiet["loop_busy"]
