@@ -11,6 +11,7 @@ from serving.bundle import BundleError, load_bundle, next_version, sha256_file, 
 from serving.engine import OnnxModel
 from training.checkpoint import MODEL_FILE, load_model, read_json
 from training.data import DataConfig, load_splits
+from training.evaluate.twin import TWINS
 from training.export.calibrate import GuardSpec, calibrate
 from training.export.onnx_export import OPSET, export_onnx, onnx_parity
 
@@ -100,7 +101,7 @@ def export_bundle(run: Path, name: str, store: Path = Path("model_store"), versi
 def copy_twin(run: Path, of: str, out: Path) -> dict:
     """Keep `run`'s checkpoint as the PyTorch twin of the bundle's model file `of`, under
     `out/twins/`; returns the manifest's `twins` entry (file, sha256, of)."""
-    twin = Path(out) / "twins" / f"{Path(of).stem}.pt"
+    twin = Path(out) / TWINS / f"{Path(of).stem}.pt"
     twin.parent.mkdir(exist_ok=True)
     shutil.copyfile(Path(run) / MODEL_FILE, twin)
     return {"file": str(twin.relative_to(out)), "sha256": sha256_file(twin), "of": of}

@@ -9,9 +9,9 @@ from tests.training.defenses.mia.small_run import CONFIG, DATA, OPTIONS
 
 @pytest.fixture(scope="session")
 def mia_splits():
-    from training.data import DataConfig, load_splits  # noqa: F401  (DATA names DataConfig)
+    from training.data import load_splits
 
-    return load_splits(eval(DATA))
+    return load_splits(DATA)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from training.data import DataConfig
 from training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -18,14 +19,14 @@ OPTIONS = {"attacks": "gma:values=0.1|1.0;exponents=1,pgd:eps=0.1;steps=2;alpha=
            "cw_steps": "5", "cw_binary_steps": "2", "gma_steps": "2", "gma_tries": "2",
            "shares": "0.25,0.5", "share": "0.5", "members": "eat1,eat2", "n_bootstraps": "2", "shard_size": "24"}
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr=3e-3)
-DATA = "DataConfig(name='fashion-mnist', val_size=100, limit_train=240, limit_test=48)"
+DATA = DataConfig(name="fashion-mnist", val_size=100, limit_train=240, limit_test=48)
 RUN = f"""
 import sys, torch
 torch.set_num_threads(1)
 from training.data import DataConfig, load_splits
 from training.defenses import create_defense
 from training.trainer import TrainConfig
-data = {DATA}
+data = {DATA!r}
 splits = load_splits(data)
 create_defense('mia', {OPTIONS!r}).fit('mia-target', splits, {CONFIG!r}, sys.argv[1], resume=True,
                                        run_config={{'data': data.__dict__}})
