@@ -108,13 +108,16 @@ bundle-best: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
 	$(BIN)/advguard bundle --config configs/bundles/fmnist-best.yaml --store model_store --card-jobs $(CARD_JOBS)
 
 # fmnist-best's models plus the full-data MIA ensemble as a `mia-vote` detector (issue 16); the
-# ensemble comes from `make mia-full` (a resumable background run of hours). MIA_CARD=full for
-# the card on all 10,000 test images (about 12 hours of one core here).
+# ensemble comes from `make mia-full` (a resumable background run of hours): MIA_RUN (default
+# runs/mia-full) into the bundle MIA_BUNDLE (default fmnist-mia), e.g. `make bundle-mia
+# MIA_RUN=runs/mia-full-cpu MIA_BUNDLE=fmnist-mia-full-cpu`. MIA_CARD=full for the card on all
+# 10,000 test images (about 12 hours of one core here).
 MIA_CARD ?= quick
+MIA_BUNDLE ?= fmnist-mia
 bundle-mia: setup $(CNN_RUN)/metrics.json $(PGDAT_RUN)/metrics.json
-	@test -f runs/mia-full/metrics.json || { echo "runs/mia-full is not finished: \`make mia-full\` resumes it (progress: logs/mia-full.log)"; exit 1; }
+	@test -f $(MIA_RUN)/metrics.json || { echo "$(MIA_RUN) is not finished: \`make mia-full MIA_RUN=$(MIA_RUN)\` resumes it (progress: logs/$(notdir $(MIA_RUN)).log)"; exit 1; }
 	$(BIN)/advguard bundle --config configs/bundles/fmnist-mia.yaml --store model_store --card $(MIA_CARD) \
-	  --card-jobs $(CARD_JOBS)
+	  --card-jobs $(CARD_JOBS) --mia-run $(MIA_RUN) --name $(MIA_BUNDLE)
 
 serve: bundle
 	$(BIN)/advguard serve --store model_store --default-model $(MODEL) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
