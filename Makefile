@@ -190,8 +190,12 @@ mia-full: setup
 	  echo $$! > $(MIA_RUN)/helper-$$i.pid; \
 	  echo "helper $$i, pid $$! (log: logs/$(notdir $(MIA_RUN))-helper-$$i.log)"; done
 
+# A finished run (metrics.json written) keeps its ensemble, source model and reports, not the
+# stage weights (the ensemble holds the members; its metrics hold every stage's figures).
 mia-keep: setup
-	$(BIN)/python -m training.keep save $(MIA_RUN) $(MIA_KEEP)
+	@if [ -f $(MIA_RUN)/metrics.json ]; then \
+	  $(BIN)/python -m training.keep save $(MIA_RUN) $(MIA_KEEP) --leave-out 'eat/*' --leave-out 'members/*'; \
+	else $(BIN)/python -m training.keep save $(MIA_RUN) $(MIA_KEEP); fi
 
 # The peer benchmark's servers (bench/peers.py, issue 20): MLServer and KServe's ModelServer, each
 # in its own venv under build/peers/ (never the project's venv), from bench/peers/*-requirements.txt.

@@ -8,8 +8,8 @@ next, and a run such as `make mia-full MIA_PROFILE=full-cpu` takes longer than a
 copies what a resume needs and cannot cheaply remake: every finished stage's weights and metrics,
 the last.pt of a stage in flight (none where the stage has its model.pt), the run's config and
 reports; it leaves out what is remade on resume from the kept files (the adversarial pool, which
-is seeded and made again shard by shard against the kept source model) and process files
-(claims, pids). It writes only files whose bytes changed, so a commit of the kept folder holds
+is seeded and made again shard by shard against the kept source model), process files (claims,
+pids) and what `--leave-out` names (a finished run's stage weights, say). It writes only files whose bytes changed, so a commit of the kept folder holds
 the new stages alone. `restore` copies kept files into the run folder where the run lacks them
 (a run's own files are newer than anything kept) and skips a kept last.pt where the run has
 finished that stage. The run then resumes as usual (`--resume`).
@@ -29,17 +29,19 @@ LEFT_OUT = ("adversarial/*", "adversarial.pt", "*.claim", "pid", "*.pid", "*.tmp
 MAX_FILE_BYTES = 8 * 1024 * 1024
 
 
-def _left_out(rel: str) -> bool:
-    return any(fnmatch.fnmatch(rel, pattern) for pattern in LEFT_OUT)
+def _left_out(rel: str, extra: tuple[str, ...] = ()) -> bool:
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in (*LEFT_OUT, *extra))
 
 
-def kept_files(run: Path) -> list[Path]:
-    """The run's files that `save` keeps, relative to the run folder, sorted."""
+def kept_files(run: Path, leave_out: tuple[str, ...] = ()) -> list[Path]:
+    """The run's files that `save` keeps, relative to the run folder, sorted; `leave_out` adds
+    patterns (fnmatch on the relative path: `*` crosses folders) for what the run no longer needs,
+    such as a finished run's stage weights."""
     run = Path(run)
     files = []
     for path in sorted(p for p in run.rglob("*") if p.is_file()):
         rel = path.relative_to(run)
-        if _left_out(rel.as_posix()):
+        if _left_out(rel.as_posix(), leave_out):
             continue
         if path.name == LAST_FILE and (path.parent / MODEL_FILE).exists():
             continue  # a finished stage: its model.pt and metrics are kept
@@ -47,14 +49,14 @@ def kept_files(run: Path) -> list[Path]:
     return files
 
 
-def save(run: Path, kept: Path) -> list[Path]:
+def save(run: Path, kept: Path, leave_out: tuple[str, ...] = ()) -> list[Path]:
     """Copy the run's kept files into `kept` where their bytes differ; drop kept last.pt files of
-    stages since finished. Returns the files written."""
+    stages since finished and kept files that `leave_out` now covers. Returns the files written."""
     run, kept = Path(run), Path(kept)
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a run folder")
     written = []
-    for rel in kept_files(run):
+    for rel in kept_files(run, leave_out):
         src, dst = run / rel, kept / rel
         size = src.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -68,6 +70,9 @@ def save(run: Path, kept: Path) -> list[Path]:
     for stale in kept.rglob(LAST_FILE):
         if (stale.parent / MODEL_FILE).exists():
             stale.unlink()
+    for old in [p for p in kept.rglob("*") if p.is_file()]:
+        if leave_out and _left_out(old.relative_to(kept).as_posix(), leave_out):
+            old.unlink()
     return written
 
 
@@ -94,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("save", help="copy a run's finished stages into a kept folder (changed files only)")
     s.add_argument("run", type=Path)
     s.add_argument("kept", type=Path)
+    s.add_argument("--leave-out", action="append", default=[], metavar="PATTERN",
+                   help="also leave out (and drop from KEPT) files matching PATTERN, relative to RUN; repeatable")
     r = sub.add_parser("restore", help="copy a kept folder's files into a run folder where it lacks them")
     r.add_argument("kept", type=Path)
     r.add_argument("run", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "save":
-            files = save(args.run, args.kept)
+            files = save(args.run, args.kept, tuple(args.leave_out))
             print(f"kept {len(files)} changed file(s) of {args.run} in {args.kept}")
         else:
             files = restore(args.kept, args.run)

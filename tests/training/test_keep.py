@@ -66,3 +66,12 @@ def test_the_cli_names_a_missing_kept_folder(tmp_path):
                              str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "holds no kept run (`python -m training.keep save RUN" in result.stderr
+
+
+def test_leave_out_patterns_skip_and_drop_what_a_finished_run_no_longer_needs(tmp_path):
+    run, kept = _run(tmp_path), tmp_path / "kept"
+    save(run, kept)
+    assert (kept / "eat/eat1/share-15/model.pt").exists()
+    save(run, kept, leave_out=("eat/*",))
+    assert not (kept / "eat").exists() or not any(p.is_file() for p in (kept / "eat").rglob("*"))
+    assert (kept / "source/model.pt").exists()

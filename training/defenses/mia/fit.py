@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import MODEL_FILE, load_model, save_model, write_json
+from training.checkpoint import MODEL_FILE, load_model, read_json, save_model, write_json
 from training.data import Splits
 from training.defenses.base import Defense
 from training.defenses.mia.config import MIAConfig
@@ -39,7 +39,7 @@ from training.defenses.mia.data import adversarial_count
 from training.defenses.mia.ensemble import MIAEnsemble
 from training.defenses.mia.metrics import detection_report, detection_table, eat_table
 from training.defenses.mia.pool import POOL_SETS, adversarial_sets, pool_sizes
-from training.defenses.mia.stages import Stages, StageBar, pool_needed, stage_work, trained
+from training.defenses.mia.stages import Stages, StageBar, pool_needed, stage_done, stage_work, trained
 from training.models import ModelSpec, create_model, model_spec_for
 from training.trainer import TrainConfig
 
@@ -78,6 +78,10 @@ class MIADefense(Defense):
 
         adv = adversarial_sets(cfg, out, source, splits, resume, train.seed,
                                need=pool_needed(cfg, out) if resume else POOL_SETS)
+        if resume and stage_done(out):  # a finished run (e.g. restored from kept/ without its stages)
+            log.info("%s is finished: its ensemble and metrics stand; the pool's test sets are in %s", out,
+                     out / "adversarial.pt")
+            return read_json(out / "metrics.json")
         bar = StageBar(out, stage_work(cfg, len(splits.train), train.epochs, model_name), resume)
         stages = Stages(cfg, out, splits, adv, train, record, bar)
         stages.work()

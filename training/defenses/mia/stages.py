@@ -70,10 +70,10 @@ def trained(out: Path, model: torch.nn.Module, spec: ModelSpec, splits: Splits, 
 
 
 def pool_needed(cfg: MIAConfig, out: Path) -> tuple[str, ...]:
-    """The adversarial sets a resumed run still needs: the test sets alone once every EAT and
-    member stage is finished (a kept run restored into a fresh checkout), else all three."""
+    """The adversarial sets a resumed run still needs: the test sets alone once the run or every
+    EAT and member stage is finished (a kept run restored into a fresh checkout), else all three."""
     paths = stage_paths(cfg)
-    if all(stage_done(Path(out) / p) for p in paths["eat"] + paths["members"]):
+    if stage_done(out) or all(stage_done(Path(out) / p) for p in paths["eat"] + paths["members"]):
         return ("test",)
     return POOL_SETS
 

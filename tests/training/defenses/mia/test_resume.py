@@ -95,3 +95,23 @@ def test_a_kept_run_with_every_stage_finished_remakes_only_the_test_sets(mia_spl
     assert set(torch.load(fresh / "adversarial.pt", weights_only=True)) == {"definition", "test"}
     for key in ("detection", "eat_cycles", "members", "adversarial_pool", "train_size"):
         assert metrics[key] == ref_metrics[key], key
+
+
+def test_a_finished_run_kept_without_its_stages_resumes_to_its_metrics(mia_splits, mia_reference, tmp_path):
+    """A finished run kept as `make mia-keep` keeps it (ensemble, source, reports; no stage
+    weights) resumes in a fresh folder to its metrics without training anything: it remakes only
+    its pool's test sets, which `training.defenses.mia.eval` reads."""
+    from training.keep import restore, save
+
+    ref_out, ref_metrics = mia_reference
+    save(ref_out, tmp_path / "kept", leave_out=("eat/*", "members/*"))
+    assert not (tmp_path / "kept/eat").exists() and (tmp_path / "kept/model.pt").exists()
+    fresh = tmp_path / "fresh"
+    restore(tmp_path / "kept", fresh)
+
+    metrics = resumed(mia_splits, fresh)
+
+    assert metrics == ref_metrics
+    assert not (fresh / "eat").exists() and not (fresh / "members").exists()
+    pool, ref_pool = (torch.load(d / "adversarial.pt", weights_only=True) for d in (fresh, ref_out))
+    assert set(pool) == {"definition", "test"} and torch.equal(pool["test"]["x"], ref_pool["test"]["x"])
