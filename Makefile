@@ -178,7 +178,7 @@ mia-full: setup
 	@pid=$$(cat $(MIA_RUN)/pid 2>/dev/null); \
 	if [ -n "$$pid" ] && grep -q -- "$(MIA_RUN)" /proc/$$pid/cmdline 2>/dev/null; then \
 	  echo "$(MIA_RUN) is already running, pid $$pid (log: logs/$(notdir $(MIA_RUN)).log)"; \
-	else if [ -d $(MIA_KEEP) ]; then $(BIN)/python -m training.keep restore $(MIA_KEEP) $(MIA_RUN) | head -1; fi; \
+	else if [ -d $(MIA_KEEP) ]; then $(BIN)/python -m training.keep restore $(MIA_KEEP) $(MIA_RUN) 2>&1 | head -1; fi; \
 	  OMP_NUM_THREADS=1 setsid nohup $(BIN)/python -m advguard.cli.main train --defense mia --model mia-target \
 	  --epochs 5 --option profile=$(MIA_PROFILE) --out $(MIA_RUN) --resume >> logs/$(notdir $(MIA_RUN)).log 2>&1 < /dev/null & \
 	  echo $$! > $(MIA_RUN)/pid; echo "$(MIA_RUN) started or resumed in the background, pid $$! (log: logs/$(notdir $(MIA_RUN)).log)"; fi

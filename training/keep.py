@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 from training.checkpoint import LAST_FILE, MODEL_FILE
@@ -27,6 +27,7 @@ from training.checkpoint import LAST_FILE, MODEL_FILE
 # remade on resume (the pool, against the kept source model) or meaningful only to live processes
 LEFT_OUT = ("adversarial/*", "adversarial.pt", "*.claim", "pid", "*.pid", "*.tmp")
 MAX_FILE_BYTES = 8 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def _left_out(rel: str, extra: tuple[str, ...] = ()) -> bool:
@@ -105,20 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("kept", type=Path)
     r.add_argument("run", type=Path)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "save":
             files = save(args.run, args.kept, tuple(args.leave_out))
-            print(f"kept {len(files)} changed file(s) of {args.run} in {args.kept}")
+            log.info("kept %d changed file(s) of %s in %s", len(files), args.run, args.kept)
         else:
             files = restore(args.kept, args.run)
-            print(f"restored {len(files)} file(s) from {args.kept} into {args.run}")
+            log.info("restored %d file(s) from %s into %s", len(files), args.kept, args.run)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("error: %s", err)
         return 2
     for rel in files:
-        print(f"  {rel}")
+        log.info("  %s", rel)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
