@@ -39,7 +39,7 @@ from training.defenses.mia.data import adversarial_count
 from training.defenses.mia.ensemble import MIAEnsemble
 from training.defenses.mia.metrics import detection_report, detection_table, eat_table
 from training.defenses.mia.pool import POOL_SETS, adversarial_sets, pool_sizes
-from training.defenses.mia.stages import Stages, StageBar, pool_needed, stage_done, stage_work, trained
+from training.defenses.mia.stages import Stages, StageBar, member_arch, pool_needed, stage_done, stage_work, trained
 from training.models import ModelSpec, create_model, model_spec_for
 from training.trainer import TrainConfig
 
@@ -87,7 +87,7 @@ class MIADefense(Defense):
         stages.work()
         eat_rows, members, member_metrics = stages.collect()
         (out / "eat_table.md").write_text(eat_table(eat_rows, adv["test"].names) + "\n")
-        member_specs = [model_spec_for(cfg.members[i % len(cfg.members)], splits, num_classes=k + 1).to_dict()
+        member_specs = [model_spec_for(member_arch(cfg, i), splits, num_classes=k + 1).to_dict()
                         for i in range(cfg.n_bootstraps)]
         bar.close()
         ensemble = MIAEnsemble(members, cfg.tie_break).eval()

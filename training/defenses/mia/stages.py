@@ -87,8 +87,13 @@ def eat_path(arch: str, share: float) -> str:
     return f"eat/{arch}/share-{round(100 * share):02d}"
 
 
+def member_arch(cfg: MIAConfig, i: int) -> str:
+    """Member i's architecture: the member architectures in turn."""
+    return cfg.members[i % len(cfg.members)]
+
+
 def member_path(cfg: MIAConfig, i: int) -> str:
-    return f"members/{i}-{cfg.members[i % len(cfg.members)]}"
+    return f"members/{i}-{member_arch(cfg, i)}"
 
 
 def stage_paths(cfg: MIAConfig) -> dict[str, list[str]]:
@@ -107,7 +112,7 @@ def stage_work(cfg: MIAConfig, n_train: int, default_epochs: int, model_name: st
             work[eat_path(arch, share)] = (arch, n_train + adversarial_count(n_train, share),
                                            cfg.epochs("eat", default_epochs))
     for i in range(cfg.n_bootstraps):
-        work[member_path(cfg, i)] = (cfg.members[i % len(cfg.members)],
+        work[member_path(cfg, i)] = (member_arch(cfg, i),
                                      max(1, int(round(cfg.bootstrap_fraction * chosen))), cfg.epochs("member", default_epochs))
     return work
 
@@ -197,7 +202,7 @@ class Stages:
 
     def member(self, i: int) -> tuple[torch.nn.Module, dict]:
         """Train (or load) member i, from its architecture's EAT model at the chosen share."""
-        cfg, arch = self.cfg, self.cfg.members[i % len(self.cfg.members)]
+        cfg, arch = self.cfg, member_arch(self.cfg, i)
 
         def bootstrap() -> Splits:
             if self._chosen is None:
@@ -229,7 +234,7 @@ class Stages:
     def ready(self, task: Task) -> bool:
         if task.kind == "eat" or not self.cfg.init_from_eat:
             return True
-        return stage_done(self.out / eat_path(self.cfg.members[task.key % len(self.cfg.members)], self.cfg.share))
+        return stage_done(self.out / eat_path(member_arch(self.cfg, task.key), self.cfg.share))
 
     def _claim(self, task: Task) -> Path:
         return self.out / (f"eat/{task.key}.claim" if task.kind == "eat" else f"{member_path(self.cfg, task.key)}.claim")
