@@ -25,6 +25,7 @@ from training.reproduce.defenses import RunSpec, train_run
 log = logging.getLogger(__name__)
 
 SCALE_NAMES = ("quick", "full-cpu")
+DEFAULT_MIA_RUN = Path("runs/mia-full")  # `make mia-full`'s run, paper 002's default
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Context:
     out: Path
     runs: Path
     mnist_dir: str | None = None
-    mia_run: Path = Path("runs/mia-full")
+    mia_run: Path = DEFAULT_MIA_RUN
     resume: bool = True
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class Context:
 
     def command(self) -> str:
         extra = f" --mnist-dir {self.mnist_dir}" if self.mnist_dir else ""
+        if self.paper == "002" and Path(self.mia_run) != DEFAULT_MIA_RUN:
+            extra += f" --mia-run {self.mia_run}"
         return f"advguard reproduce --paper {self.paper} --scale {self.scale} --out {self.out.parent}{extra}"
 
 
