@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 
 HELP = "print a bundle's robustness card (what it defends against, measured)"
+# what a card of a partial row set (`advguard evaluate --profile detection|cw-gma`) is not
+ROW_NOTES = {"detection": "rows: detection only (FGSM and PGD; no adaptive attack, no Square): not a robustness card",
+             "cw-gma": "rows: CW-L2 and GMA only (the attacker ignores the guard; no adaptive attack, no Square): "
+                       "not a robustness card"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,16 +60,17 @@ def card_table(manifest: dict) -> str:
     for r in card["attacks"]:
         lines.append(f"| {r['label']} | {r['kind']} | {_pct(r['served_accuracy'])} | {_pct(r['flagged'])} | "
                      f"{_pct(r['detected_among_successful'])} | {_pct(r['right_or_flagged'])} |")
-    detection_only = card.get("config", {}).get("rows") == "detection"
+    rows = card.get("config", {}).get("rows", "all")
+    worst = card["worst_case_accuracy"]
     lines += ["", "adaptive worst case (per image, every adaptive variant): "
               + (_pct(card["adaptive_worst_case_accuracy"]) if card["adaptive_worst_case_accuracy"] is not None
                  else "not measured"),
-              f"worst case over every L-inf {'row' if detection_only else 'attack'} at eps {card['eps']}: "
-              f"{_pct(card['worst_case_accuracy'])}",
+              f"worst case over every L-inf {'attack' if rows == 'all' else 'row'} at eps {card['eps']}: "
+              + (_pct(worst) if worst is not None else "not measured (no L-inf row at this eps)"),
               "gradient masking suspected (Square beats the white-box attacks): "
               + {True: "YES", False: "no", None: "not measured (no Square row)"}[card["gradient_masking_suspected"]]]
-    if detection_only:
-        lines.append("rows: detection only (FGSM and PGD; no adaptive attack, no Square): not a robustness card")
+    if rows in ROW_NOTES:
+        lines.append(ROW_NOTES[rows])
     return "\n".join(lines)
 
 

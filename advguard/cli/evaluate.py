@@ -32,10 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="standard", choices=[*suites, CARD], metavar="NAME",
                    help="; ".join(f"{name}: {text}" for name, text in suites.items())
                    + f"; {CARD}: a bundle's robustness card, adaptive attacks included (with --bundle) (default standard)")
-    p.add_argument("--profile", choices=["quick", "full", "detection"], default="quick",
-                   help="card profile: quick (500 test images), full (all 10,000, more restarts and steps) or "
+    p.add_argument("--profile", choices=["quick", "full", "detection", "cw-gma"], default="quick",
+                   help="card profile: quick (500 test images), full (all 10,000, more restarts and steps), "
                         "detection (all 10,000, only the full card's FGSM and PGD rows at eps: a detector's "
-                        "detection rate, not a card)")
+                        "detection rate, not a card) or cw-gma (all 10,000, the quick card's CW-L2 and paper "
+                        "002's GMA: not a card)")
     p.add_argument("--work-dir", default=None,
                    help="card: folder for finished shards, so an interrupted card resumes (default OUT/shards)")
     p.add_argument("--jobs", type=process_count, default=1,

@@ -68,6 +68,24 @@ def test_detection_rows_equal_the_full_cards_and_claim_no_card(card, defended_bu
         CardConfig(rows="adaptive")
 
 
+def test_cw_gma_rows_equal_the_full_cards_cw_and_add_gma(card, defended_bundle, fmnist_small):
+    """`rows="cw-gma"`: the card's own CW-L2 row (same figures) and paper 002's GMA, whose sizes
+    reach 0.3 and so stay out of the worst case at the card's eps; no worst case is claimed."""
+    from advguard.cli.card import card_table
+
+    config = CardConfig(**{**SMALL.__dict__, "rows": "cw-gma"})
+    extra = evaluate_bundle(defended_bundle, fmnist_small.test.x, fmnist_small.test.y, config, profile="test")
+    by_label = {r["label"]: r for r in extra["attacks"]}
+    assert list(by_label) == ["CW-L2", "GMA (paper 002)"]
+    keys = ("served_accuracy", "flagged", "detected_among_successful", "successful")
+    assert {k: by_label["CW-L2"][k] for k in keys} == {k: rows(card)["CW-L2"][k] for k in keys}
+    gma = by_label["GMA (paper 002)"]
+    assert gma["params"]["eps"] == 0.3 and gma["successful"] > 0  # the grid's largest sizes fool the primary
+    assert extra["worst_case_accuracy"] is None and extra["adaptive_worst_case_accuracy"] is None
+    table = card_table({"name": "b", "version": 1, "robustness": extra})
+    assert "not measured (no L-inf row at this eps)" in table and "CW-L2 and GMA only" in table
+
+
 class GradientMasked(nn.Module):
     """The same function as `model` with no gradient reaching the input (a shattered gradient,
     as an input quantizer without BPDA gives)."""
