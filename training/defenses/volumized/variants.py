@@ -172,9 +172,24 @@ def report(results: dict, args, n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def progress(out: Path) -> list[dict]:
+    """What OUT/cache holds of the N-pixel work so far, per model label, weights and N: images done,
+    how many stayed right under attack, CPU seconds (for a run spread over sessions)."""
+    totals: dict[tuple, dict] = {}
+    for path in sorted(Path(out).glob("cache/*/*/npixel*.json")):
+        n_pixels = int(path.name.split("-")[0].removeprefix("npixel"))
+        done = read_json(path)
+        row = totals.setdefault((path.parts[-3], path.parts[-2], n_pixels),
+                                {"images": 0, "still_right": 0, "cpu_seconds": 0.0})
+        row["images"] += len(done["adv_ok"])
+        row["still_right"] += int(sum(done["adv_ok"]))
+        row["cpu_seconds"] += done["cpu_seconds"]
+    return [{"label": label, "weights": weights, "pixels": n, **row} for (label, weights, n), row in totals.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="LABEL=RUN[@AGGREGATION[:ABSTAIN]], repeatable")
+    parser.add_argument("--model", action="append", help="LABEL=RUN[@AGGREGATION[:ABSTAIN]], repeatable")
     parser.add_argument("--n", type=int, default=1000, help="test images")
     parser.add_argument("--pixels", default="1,3,5")
     parser.add_argument("--patch-scales", default="0.05,0.10,0.15,0.20,0.25")
@@ -184,9 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=50, help="images per cached N-pixel unit")
     parser.add_argument("--cached-only", action="store_true",
                         help="report what OUT/cache holds; run no attack (a table of finished work)")
+    parser.add_argument("--progress", action="store_true",
+                        help="print the N-pixel work OUT/cache holds so far (no model needed) and exit")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.progress:
+        print("| model | weights | N | images done | accuracy under attack on them | CPU per image |")
+        print("|---|---|---|---|---|---|")
+        for r in progress(Path(args.out)):
+            print(f"| {r['label']} | {r['weights']} | {r['pixels']} | {r['images']:,} | "
+                  f"{r['still_right'] / r['images']:.1%} | {r['cpu_seconds'] / r['images']:.1f} CPU-s |")
+        return 0
+    if not args.model:
+        parser.error("--model LABEL=RUN is required (at least one), unless --progress")
 
     variants = [load_variant(text) for text in args.model]
     data = read_json(Path(variants[0][1]) / "config.json").get("data", {})

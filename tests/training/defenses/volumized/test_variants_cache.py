@@ -16,7 +16,7 @@ ARGS = ["--n", "4", "--pixels", "1", "--patch-scales", "", "--npixel-options", "
 
 
 def test_chunks_are_cached_under_the_weights_and_reused_only_for_them(train_volumized, tmp_path):
-    from training.defenses.volumized.variants import main
+    from training.defenses.volumized.variants import main, progress
 
     _, run, _ = train_volumized("variants-cache", {"ranking": "fixed", "order_images": "100", "pacing": "none"},
                                 sizes=(100, 20, 4), epochs=1, batch_size=50)
@@ -28,6 +28,9 @@ def test_chunks_are_cached_under_the_weights_and_reused_only_for_them(train_volu
     assert len(names) == 2 and all(n.startswith("npixel1-") for n in names)
     assert [n.rsplit("-", 2)[1:] for n in names] == [["0", "2.json"], ["2", "4.json"]]
     first = json.loads((out / "results.json").read_text())["results"]["v"]["npixel"]
+    (row,) = progress(out)  # the work so far, read off the cache alone
+    assert (row["label"], row["weights"], row["pixels"], row["images"]) == ("v", folder.name, 1, 4)
+    assert 0 <= row["still_right"] <= 4 and row["cpu_seconds"] > 0
 
     kept = tmp_path / "kept-eval"  # the committed copy in a fresh checkout
     shutil.copytree(out, kept)
