@@ -205,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.progress:
-        print("| model | weights | N | images done | accuracy under attack on them | CPU per image |")
-        print("|---|---|---|---|---|---|")
-        for r in progress(Path(args.out)):
-            print(f"| {r['label']} | {r['weights']} | {r['pixels']} | {r['images']:,} | "
-                  f"{r['still_right'] / r['images']:.1%} | {r['cpu_seconds'] / r['images']:.1f} CPU-s |")
+        lines = ["| model | weights | N | images done | accuracy under attack on them | CPU per image |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['weights']} | {r['pixels']} | {r['images']:,} | "
+                  f"{r['still_right'] / r['images']:.1%} | {r['cpu_seconds'] / r['images']:.1f} CPU-s |"
+                  for r in progress(Path(args.out))]
+        log.info("N-pixel work in %s/cache so far:\n%s", args.out, "\n".join(lines))
         return 0
     if not args.model:
         parser.error("--model LABEL=RUN is required (at least one), unless --progress")
